@@ -1,0 +1,350 @@
+// The HAIL loss on the CPU: the sweeps of docs/SPEC.md over row blocks and item tiles.
+//
+// For each block of rows the logits of all K peers are computed one item tile at a time by a
+// BLAS product into a [K, rows, items] workspace, and the sweeps of sweeps.h read them. When a
+// whole catalogue fits the workspace (one tile) the three sweeps share one product; otherwise each
+// sweep recomputes its tiles. Only [K, N] statistics outlive a block. With beta > 0 the truncation
+// needs every row's cross-entropy first, so a separate log-sum-exp pass over all blocks runs first.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+#include "../med_loss.h"
+#include "sweeps.h"
+
+namespace hail_ext::cpu {
+namespace {
+
+constexpr int64_t kMinBlockRows = 64;   // below this a block's products are too thin
+constexpr int64_t kMaxBlockRows = 1024;
+constexpr int64_t kTiledBlockRows = 256;
+
+int64_t workspace_bytes() {
+  const char* env = std::getenv("HAIL_WORKSPACE_MB");
+  const int64_t mb = env ? std::atoll(env) : 128;
+  TORCH_CHECK_VALUE(mb > 0, "HAIL_WORKSPACE_MB must be a positive integer, got '", env, "'");
+  return mb << 20;
+}
+
+struct Plan {
+  int64_t block_rows;
+  int64_t tile_items;
+};
+
+Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t elt) {
+  const int64_t budget = workspace_bytes();
+  const int64_t rows_cap = std::max<int64_t>(num_rows, 1);
+  const int64_t rows = budget / (num_peers * num_items * elt);
+  if (rows >= kMinBlockRows || rows >= rows_cap) {
+    return {std::min({rows, kMaxBlockRows, rows_cap}), num_items};
+  }
+  const int64_t block = std::min(kTiledBlockRows, rows_cap);
+  const int64_t items = std::max<int64_t>(budget / (num_peers * block * elt) / 64 * 64, 64);
+  return {block, std::min(items, num_items)};
+}
+
+template <typename T>
+class MedCpu {
+ public:
+  explicit MedCpu(const MedArgs& args)
+      : args_(args), kernels_(sweep_kernels<T>()) {
+    const auto acc = c10::CppTypeToScalarType<T>::value;
+    hidden_ = args.hidden.to(acc).contiguous();
+    weight_ = args.item_weight.to(acc).contiguous();
+    if (args.bias.has_value()) bias_ = args.bias->to(acc).contiguous();
+    num_peers_ = hidden_.size(0);
+    num_rows_ = hidden_.size(1);
+    num_items_ = weight_.size(-2);
+    plan_ = make_plan(num_peers_, num_rows_, num_items_, sizeof(T));
+    workspace_ = at::empty({num_peers_ * plan_.block_rows * plan_.tile_items}, hidden_.options());
+
+    target_ = args.target.contiguous();
+    row_weight_ = at::zeros({num_rows_}, hidden_.options());
+    valid_ = at::zeros({num_rows_}, at::kBool);
+    read_rows();
+  }
+
+  int64_t peers() const { return num_peers_; }
+  int64_t rows() const { return num_rows_; }
+  at::Tensor new_state(T fill) const { return at::full({num_peers_, num_rows_}, fill, opts()); }
+  const at::Tensor& valid_rows() const { return valid_; }
+  const at::Tensor& row_weights() const { return row_weight_; }
+  const at::Tensor& targets() const { return target_; }
+  const bool* valid() const { return valid_.data_ptr<bool>(); }
+  const int64_t* target() const { return target_.data_ptr<int64_t>(); }
+
+  template <typename Fn>
+  void for_each_block(Fn&& fn) {
+    for (int64_t n0 = 0; n0 < num_rows_; n0 += plan_.block_rows) {
+      fn(n0, std::min(plan_.block_rows, num_rows_ - n0));
+    }
+  }
+
+  // Sweep 1 over one block: fills max/rest/amax/target_logit of its valid rows.
+  void lse_pass(int64_t n0, int64_t nb, const LseState<T>& state) {
+    for_each_tile(n0, nb, [&](const Tile<T>& tile) { kernels_.lse(tile, state); }, valid());
+  }
+
+  // Sweep 2 over one block, for the rows flagged in `active`.
+  void med_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active, T* med_sum,
+                T* s_sum) {
+    for_each_tile(n0, nb, [&](const Tile<T>& tile) {
+      kernels_.med(tile, stats, med_sum, s_sum);
+    }, active);
+  }
+
+  // Sweep 3 over one block, and the two gradient products of each tile.
+  void grad_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active,
+                 const T* coef_a, const T* coef_b, const T* s_sum, MedGrads& grads) {
+    for_each_tile(n0, nb, [&](const Tile<T>& tile) {
+      kernels_.grad(tile, stats, coef_a, coef_b, s_sum);
+      for (int64_t k = 0; k < num_peers_; ++k) {
+        const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
+        grads.hidden[k].narrow(0, n0, nb).addmm_(dz, weight_tile(k, tile.item0, tile.cols));
+        weight_grad(grads, k).narrow(0, tile.item0, tile.cols)
+            .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
+        if (bias_.defined()) {
+          bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
+        }
+      }
+    }, active);
+    cached_ = {-1, -1};  // the workspace now holds dz
+  }
+
+  MedGrads new_grads() const {
+    MedGrads g;
+    g.hidden = at::zeros_like(hidden_);
+    g.item_weight = at::zeros_like(weight_);
+    if (bias_.defined()) g.bias = at::zeros_like(bias_);
+    return g;
+  }
+
+  // Gradients in the caller's dtype.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_grads(const MedGrads& g) const {
+    const auto dtype = args_.hidden.scalar_type();
+    at::Tensor gb = g.bias.defined() ? g.bias.to(dtype) : at::empty({0}, args_.hidden.options());
+    return {g.hidden.to(dtype), g.item_weight.to(dtype), gb};
+  }
+
+ private:
+  at::TensorOptions opts() const { return hidden_.options(); }
+
+  void read_rows() {
+    const int64_t* t = target_.data_ptr<int64_t>();
+    bool* valid = valid_.data_ptr<bool>();
+    T* w = row_weight_.data_ptr<T>();
+    at::Tensor rw;
+    if (args_.row_weight.has_value()) rw = args_.row_weight->to(hidden_.scalar_type()).contiguous();
+
+    for (int64_t n = 0; n < num_rows_; ++n) {
+      const bool ignored = t[n] == args_.ignore_index;
+      TORCH_CHECK_VALUE(ignored || (t[n] >= 0 && t[n] < num_items_), "target[", n, "] = ", t[n],
+                        " is outside [0, ", num_items_, ") and is not ignore_index (",
+                        args_.ignore_index, ")");
+      T weight = 1;
+      if (rw.defined()) {
+        weight = rw.data_ptr<T>()[n];
+        TORCH_CHECK_VALUE(std::isfinite(weight) && weight >= 0, "row_weight[", n, "] = ", weight,
+                          "; weights must be finite and >= 0");
+      }
+      w[n] = ignored ? T(0) : weight;
+      valid[n] = w[n] > T(0);
+    }
+  }
+
+  template <typename Fn>
+  void for_each_tile(int64_t n0, int64_t nb, Fn&& fn, const bool* active) {
+    for (int64_t v0 = 0; v0 < num_items_; v0 += plan_.tile_items) {
+      const int64_t vt = std::min(plan_.tile_items, num_items_ - v0);
+      if (cached_[0] != n0 || cached_[1] != v0) fill(n0, nb, v0, vt);
+      Tile<T> tile{workspace_.data_ptr<T>(), num_peers_, nb, vt, n0, v0, num_rows_,
+                   target(), active};
+      fn(tile);
+    }
+  }
+
+  // Logits of rows [n0, n0 + nb) and items [v0, v0 + vt) for every peer, into the workspace.
+  void fill(int64_t n0, int64_t nb, int64_t v0, int64_t vt) {
+    for (int64_t k = 0; k < num_peers_; ++k) {
+      at::Tensor out = tile_view(k, nb, v0, vt);
+      const at::Tensor h = hidden_[k].narrow(0, n0, nb);
+      const at::Tensor w = weight_tile(k, v0, vt);
+      if (bias_.defined()) {
+        const at::Tensor b = (bias_.dim() == 2 ? bias_[k] : bias_).narrow(0, v0, vt);
+        at::addmm_out(out, b, h, w.t());
+      } else {
+        at::mm_out(out, h, w.t());
+      }
+    }
+    // Tiles are visited in order, so only the last tile of a block can be reused, and only
+    // when it is the block's single tile.
+    const bool single = vt == num_items_;
+    cached_ = single ? std::array<int64_t, 2>{n0, v0} : std::array<int64_t, 2>{-1, -1};
+  }
+
+  at::Tensor tile_view(int64_t k, int64_t nb, int64_t /*v0*/, int64_t vt) const {
+    return workspace_.narrow(0, k * nb * vt, nb * vt).view({nb, vt});
+  }
+
+  at::Tensor weight_tile(int64_t k, int64_t v0, int64_t vt) const {
+    return (weight_.dim() == 3 ? weight_[k] : weight_).narrow(0, v0, vt);
+  }
+
+  at::Tensor weight_grad(MedGrads& g, int64_t k) const {
+    return g.item_weight.dim() == 3 ? g.item_weight[k] : g.item_weight;
+  }
+
+  at::Tensor bias_grad(MedGrads& g, int64_t k) const {
+    return g.bias.dim() == 2 ? g.bias[k] : g.bias;
+  }
+
+  const MedArgs& args_;
+  const SweepKernels<T>& kernels_;
+  at::Tensor hidden_, weight_, bias_, target_, row_weight_, valid_, workspace_;
+  int64_t num_peers_ = 0, num_rows_ = 0, num_items_ = 0;
+  Plan plan_{};
+  std::array<int64_t, 2> cached_{-1, -1};
+};
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+RowStats<T> row_stats(const at::Tensor& saved, const at::Tensor& amax, double gamma) {
+  return {ptr<T>(saved[kLse]), amax.data_ptr<int64_t>(), ptr<T>(saved[kLog1mpAmax]),
+          ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
+}
+
+template <typename T>
+MedForward forward_impl(const MedArgs& args, bool compute_grad) {
+  MedCpu<T> med(args);
+  const int64_t num_peers = med.peers();
+  const T inf = std::numeric_limits<T>::infinity();
+
+  at::Tensor max = med.new_state(-inf), rest = med.new_state(0), target_logit = med.new_state(0);
+  at::Tensor amax = at::full({num_peers, med.rows()}, -1, at::kLong);
+  const LseState<T> lse_state{ptr<T>(max), ptr<T>(rest), amax.data_ptr<int64_t>(),
+                              ptr<T>(target_logit)};
+  at::Tensor saved = at::zeros({kNumSaved, num_peers, med.rows()}, max.options());
+  RowTerms terms{med.new_state(0), med.new_state(0), med.new_state(0), saved[kCoefA]};
+  at::Tensor med_sum = med.new_state(0);
+  const RowStats<T> stats = row_stats<T>(saved, amax, args.gamma);
+
+  auto slice = [](const at::Tensor& t, int64_t n0, int64_t nb) { return t.narrow(-1, n0, nb); };
+  auto lse_block = [&](int64_t n0, int64_t nb) {
+    med.lse_pass(n0, nb, lse_state);
+    finish_lse(slice(max, n0, nb), slice(rest, n0, nb), slice(saved[kLse], n0, nb),
+               slice(saved[kLog1mpAmax], n0, nb), slice(saved[kRatioAmax], n0, nb));
+  };
+
+  // The truncation ranks every row, so with beta > 0 all log-sum-exps come first.
+  at::Tensor kept = med.valid_rows();
+  const int64_t n_valid = kept.sum().item<int64_t>();
+  const bool two_phase = std::floor(args.beta * static_cast<double>(n_valid)) >= 1.0;
+  if (two_phase) {
+    med.for_each_block(lse_block);
+    kept = keep_mask(saved[kLse] - target_logit, med.valid_rows(), args.beta);
+  }
+
+  MedGrads grads;
+  if (compute_grad) grads = med.new_grads();
+  // Row weights of ignored rows are 0 (read_rows), so they are the weights of "mean".
+  at::Tensor unit_grad;
+  if (compute_grad) {
+    unit_grad = std::get<1>(reduce_rows(med.new_state(0), med.row_weights(), args.reduction));
+  }
+
+  med.for_each_block([&](int64_t n0, int64_t nb) {
+    if (!two_phase) lse_block(n0, nb);
+    if (num_peers > 1) {
+      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSSum]));
+    }
+    RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
+                   slice(terms.coef_a, n0, nb)};
+    row_terms(slice(saved[kLse], n0, nb), slice(target_logit, n0, nb), slice(amax, n0, nb),
+              slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
+              slice(med.targets(), n0, nb), slice(med.row_weights(), n0, nb),
+              slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma,
+              block);
+    if (compute_grad) {
+      // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
+      auto [coef_a, coef_b] = grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA],
+                                         num_peers, args.alpha);
+      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
+                    ptr<T>(saved[kSSum]), grads);
+    }
+  });
+
+  auto [grad_hidden, grad_weight, grad_bias] =
+      compute_grad ? med.finish_grads(grads)
+                   : std::make_tuple(at::empty({0}, args.hidden.options()),
+                                     at::empty({0}, args.hidden.options()),
+                                     at::empty({0}, args.hidden.options()));
+  const at::Tensor loss = std::get<0>(reduce_rows(terms.rows, med.row_weights(), args.reduction));
+  return {loss, terms.ce, terms.med, kept, saved, amax, grad_hidden, grad_weight, grad_bias};
+}
+
+template <typename T>
+MedBackward backward_impl(const at::Tensor& grad_rows, const MedArgs& args, const at::Tensor& kept,
+                          const at::Tensor& saved_in, const at::Tensor& amax_in) {
+  MedCpu<T> med(args);
+  const at::Tensor saved = saved_in.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor amax = amax_in.contiguous();
+  const at::Tensor active = kept.contiguous();
+  const RowStats<T> stats = row_stats<T>(saved, amax, args.gamma);
+
+  auto [coef_a, coef_b] = grad_coefs(grad_rows.to(saved.scalar_type()), med.row_weights(), active,
+                                     saved[kCoefA], med.peers(), args.alpha);
+  MedGrads grads = med.new_grads();
+  med.for_each_block([&](int64_t n0, int64_t nb) {
+    med.grad_pass(n0, nb, stats, active.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
+                  ptr<T>(saved[kSSum]), grads);
+  });
+  return med.finish_grads(grads);
+}
+
+bool use_double(const at::Tensor& hidden) { return hidden.scalar_type() == at::kDouble; }
+
+}  // namespace
+
+MedForward med_forward_cpu(const at::Tensor& hidden, const at::Tensor& item_weight,
+                           const at::Tensor& target, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& row_weight, int64_t ignore_index,
+                           double alpha, double gamma, double beta, int64_t reduction,
+                           bool compute_grad) {
+  check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, beta, reduction);
+  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
+                     alpha, gamma, beta, reduction};
+  compute_grad = compute_grad && reduction != kReductionNone;
+  return use_double(hidden) ? forward_impl<double>(args, compute_grad)
+                            : forward_impl<float>(args, compute_grad);
+}
+
+MedBackward med_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& hidden,
+                             const at::Tensor& item_weight, const at::Tensor& target,
+                             const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& row_weight, const at::Tensor& kept,
+                             const at::Tensor& saved, const at::Tensor& amax,
+                             int64_t ignore_index, double alpha, double gamma) {
+  check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, 0.0, kReductionNone);
+  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
+                     alpha, gamma, 0.0, kReductionNone};
+  return use_double(hidden) ? backward_impl<double>(grad_rows, args, kept, saved, amax)
+                            : backward_impl<float>(grad_rows, args, kept, saved, amax);
+}
+
+}  // namespace hail_ext::cpu
+
+TORCH_LIBRARY_IMPL(hail_ext, CPU, m) {
+  m.impl("med_forward", &hail_ext::cpu::med_forward_cpu);
+  m.impl("med_backward", &hail_ext::cpu::med_backward_cpu);
+}

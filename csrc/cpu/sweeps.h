@@ -1,0 +1,77 @@
+// The element-wise sweeps of the HAIL loss over one (row block x item tile) of logits.
+//
+// The caller computes the logits of all K peers for rows [row0, row0 + rows) and items
+// [item0, item0 + cols) into one buffer laid out [K, rows, cols]; the sweeps below read it
+// (and the gradient sweep overwrites it with dL/dz). Per-(peer, row) state lives in [K, N]
+// arrays indexed `k * num_rows + n` with global row index n. Each sweep is compiled once per
+// instruction set (sweeps_*.cpp) and picked at run time (isa.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace hail_ext::cpu {
+
+template <typename T>
+struct Tile {
+  T* logits;             // [K, rows, cols], contiguous
+  int64_t num_peers;     // K
+  int64_t rows, cols;    // extent of this block and tile
+  int64_t row0, item0;   // global index of the first row and the first item
+  int64_t num_rows;      // N, the stride of the [K, N] state arrays
+  const int64_t* target; // [N]
+  const bool* active;    // [N]: rows that carry loss; the others are skipped (grad zeroed)
+};
+
+// Running log-sum-exp of every (peer, row), kept as the largest logit `max` at item `amax`
+// (lowest index among ties) plus `rest` = sum over the other items of exp(z - max). Keeping
+// the arg-max item apart gives log(1 - p) of the most likely item to full precision.
+template <typename T>
+struct LseState {
+  T* max;            // [K, N], start at -inf
+  T* rest;           // [K, N], start at 0
+  int64_t* amax;     // [K, N], start at -1
+  T* target_logit;   // [K, N]
+};
+
+// Per-(peer, row) results of the first sweep that the later sweeps read.
+template <typename T>
+struct RowStats {
+  const T* lse;          // [K, N]
+  const int64_t* amax;   // [K, N]
+  const T* log1mp_amax;  // [K, N]: log(1 - p(amax)) = log(rest) - log1p(rest)
+  const T* ratio_amax;   // [K, N]: p(amax) / (1 - p(amax)) = 1 / rest
+  T gamma;
+};
+
+template <typename T>
+struct SweepKernels {
+  // Fold one tile into the running (max, amax, rest) and pick up the target logit.
+  void (*lse)(const Tile<T>&, const LseState<T>&);
+  // Accumulate, over the tile's items v != target, sum c(v) log(1 - p(v)) into `med_sum` and
+  // sum c(v) p(v) / (1 - p(v)) into `s_sum` (both [K, N]). Needs K >= 2.
+  void (*med)(const Tile<T>&, const RowStats<T>&, T* med_sum, T* s_sum);
+  // Overwrite the tile with dL/dz = coef_a (p - onehot) + coef_b (c p / (1 - p) - S p),
+  // coef_a, coef_b and S given per (peer, row); inactive rows get 0. coef_b may be null (K = 1
+  // or alpha = 1), which skips the peers' term.
+  void (*grad)(const Tile<T>&, const RowStats<T>&, const T* coef_a, const T* coef_b,
+               const T* s_sum);
+};
+
+struct SweepTable {
+  const char* isa;
+  SweepKernels<float> f32;
+  SweepKernels<double> f64;
+};
+
+const SweepTable& sweep_table_default();
+const SweepTable* sweep_table_avx2();    // nullptr when not compiled
+const SweepTable* sweep_table_avx512();  // nullptr when not compiled
+
+// The table for this CPU: the widest compiled instruction set it supports, unless the
+// environment variable HAIL_CPU_ISA (default, avx2, avx512) asks for a narrower one.
+const SweepTable& sweep_table();
+
+template <typename T>
+const SweepKernels<T>& sweep_kernels();
+
+}  // namespace hail_ext::cpu
