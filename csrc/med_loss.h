@@ -28,7 +28,7 @@ struct MedGrads {
 };
 
 // loss ([K, N] rows, or a scalar), ce, med [K, N] and kept [N] (the valid rows that the
-// truncation kept); saved [5, K, N] and amax [K, N] for the backward; grad_hidden,
+// truncation kept); saved [6, K, N] and amax [K, N] for the backward; grad_hidden,
 // grad_item_weight, grad_bias of the loss for a unit upstream gradient (empty unless compute_grad
 // and reduction is mean or sum).
 using MedForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -36,21 +36,29 @@ using MedForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 using MedBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Rows of saved: what the gradient sweep needs besides the inputs.
-enum SavedRow : int64_t { kLse = 0, kSSum, kCoefA, kLog1mpAmax, kRatioAmax, kNumSaved };
+// The log-sum-exp of a row is max + log_norm (log_norm = log1p(rest), see cpu/sweeps.h).
+enum SavedRow : int64_t {
+  kMax = 0, kLogNorm, kSSum, kCoefA, kLog1mpAmax, kRatioAmax, kNumSaved
+};
 
 // Per-row algebra of docs/SPEC.md on [K, n] slices, written with ATen ops so that any device
 // shares it. Rows that are not active get 0 everywhere.
 struct RowTerms {
   at::Tensor rows, ce, med, coef_a;  // outputs, [K, n]
 };
-void row_terms(const at::Tensor& lse, const at::Tensor& target_logit, const at::Tensor& amax,
+void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tensor& target_logit,
+               const at::Tensor& amax,
                const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
                const at::Tensor& target, const at::Tensor& row_weight, const at::Tensor& valid,
                const at::Tensor& active, double alpha, double gamma, RowTerms& out);
 
-// lse = max + log1p(rest), and log(1 - p) and p / (1 - p) of the arg-max item, in place.
-void finish_lse(const at::Tensor& max, const at::Tensor& rest, at::Tensor lse,
+// log_norm = log1p(rest), and log(1 - p) and p / (1 - p) of the arg-max item, in place.
+void finish_lse(const at::Tensor& rest, at::Tensor log_norm,
                 at::Tensor log1mp_amax, at::Tensor ratio_amax);
+
+// Cross-entropy (lse - target logit) as (max - target logit) + log_norm.
+at::Tensor cross_entropy(const at::Tensor& max, const at::Tensor& log_norm,
+                         const at::Tensor& target_logit);
 
 // The truncation mask: valid rows not among every peer's floor(beta * n_valid) hardest.
 at::Tensor keep_mask(const at::Tensor& ce, const at::Tensor& valid, double beta);

@@ -6,10 +6,10 @@
 
 namespace hail_ext {
 
-void finish_lse(const at::Tensor& max, const at::Tensor& rest, at::Tensor lse,
-                at::Tensor log1mp_amax, at::Tensor ratio_amax) {
+void finish_lse(const at::Tensor& rest, at::Tensor log_norm, at::Tensor log1mp_amax,
+                at::Tensor ratio_amax) {
   const at::Tensor log1p_rest = at::log1p(rest);
-  lse.copy_(max + log1p_rest);
+  log_norm.copy_(log1p_rest);
   log1mp_amax.copy_(at::log(rest) - log1p_rest);
   ratio_amax.copy_(at::reciprocal(rest));
 }
@@ -29,13 +29,19 @@ static at::Tensor mean_of_others(const at::Tensor& x) {
   return at::stack(means);
 }
 
-void row_terms(const at::Tensor& lse, const at::Tensor& target_logit, const at::Tensor& amax,
+at::Tensor cross_entropy(const at::Tensor& max, const at::Tensor& log_norm,
+                         const at::Tensor& target_logit) {
+  return (max - target_logit) + log_norm;
+}
+
+void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tensor& target_logit,
+               const at::Tensor& amax,
                const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
                const at::Tensor& target, const at::Tensor& row_weight, const at::Tensor& valid,
                const at::Tensor& active, double alpha, double gamma, RowTerms& out) {
-  const int64_t num_peers = lse.size(0);
-  const at::Tensor zero = at::zeros({}, lse.options());
-  const at::Tensor ce = lse - target_logit;
+  const int64_t num_peers = max.size(0);
+  const at::Tensor zero = at::zeros({}, max.options());
+  const at::Tensor ce = cross_entropy(max, log_norm, target_logit);
   out.ce.copy_(at::where(valid, ce, zero));
   const at::Tensor weight = at::where(active, row_weight, zero);
 
@@ -48,7 +54,7 @@ void row_terms(const at::Tensor& lse, const at::Tensor& target_logit, const at::
 
   // log(1 - q_j(t)); exact from the lse state when the target is peer j's arg-max item.
   const at::Tensor log1mq = at::where(target.unsqueeze(0) == amax, log1mp_amax,
-                                      at::log(-at::expm1(target_logit - lse)));
+                                      at::log(-at::expm1(-ce)));
   const at::Tensor a = mean_of_others(at::exp(gamma * log1mq));
   const at::Tensor med = a * ce - med_sum;
   out.med.copy_(at::where(active, med, zero));

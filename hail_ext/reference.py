@@ -64,7 +64,8 @@ def med_rows(hidden, item_weight, target, bias, row_weight, opts: MEDOptions):
 
     a = peer_mean((-torch.expm1(logp_target.detach())) ** opts.gamma)  # [K, N]
     c = peer_mean(q**opts.gamma).masked_fill(onehot, 0.0)  # [K, N, V]
-    log1mp = torch.log(-torch.expm1(logp))
+    # c is 0 at the target, whose log(1 - p) may be -inf (p = 1): keep it out of the product.
+    log1mp = torch.log(-torch.expm1(logp.masked_fill(onehot, -1.0)))
     med = -(a * logp_target + (c * log1mp).sum(-1))  # [K, N]
 
     rows = w * kept * (opts.alpha * ce + (1.0 - opts.alpha) * med)

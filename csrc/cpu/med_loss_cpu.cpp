@@ -12,6 +12,7 @@
 #include <array>
 #include <limits>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <vector>
@@ -38,7 +39,21 @@ struct Plan {
   int64_t tile_items;
 };
 
+// HAIL_TILE_SHAPE="rows,items" forces the plan; the tests use it to reach every tiling path.
+bool forced_plan(int64_t num_rows, int64_t num_items, Plan& plan) {
+  const char* env = std::getenv("HAIL_TILE_SHAPE");
+  if (env == nullptr) return false;
+  long long rows = 0, items = 0;
+  TORCH_CHECK_VALUE(std::sscanf(env, "%lld,%lld", &rows, &items) == 2 && rows > 0 && items > 0,
+                    "HAIL_TILE_SHAPE must be 'rows,items' with both > 0, got '", env, "'");
+  plan = {std::min<int64_t>(rows, std::max<int64_t>(num_rows, 1)),
+          std::min<int64_t>(items, num_items)};
+  return true;
+}
+
 Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t elt) {
+  Plan forced{};
+  if (forced_plan(num_rows, num_items, forced)) return forced;
   const int64_t budget = workspace_bytes();
   const int64_t rows_cap = std::max<int64_t>(num_rows, 1);
   const int64_t rows = budget / (num_peers * num_items * elt);
@@ -220,7 +235,8 @@ T* ptr(const at::Tensor& t) {
 
 template <typename T>
 RowStats<T> row_stats(const at::Tensor& saved, const at::Tensor& amax, double gamma) {
-  return {ptr<T>(saved[kLse]), amax.data_ptr<int64_t>(), ptr<T>(saved[kLog1mpAmax]),
+  return {ptr<T>(saved[kMax]), ptr<T>(saved[kLogNorm]), amax.data_ptr<int64_t>(),
+          ptr<T>(saved[kLog1mpAmax]),
           ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
 }
 
@@ -230,11 +246,12 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   const int64_t num_peers = med.peers();
   const T inf = std::numeric_limits<T>::infinity();
 
-  at::Tensor max = med.new_state(-inf), rest = med.new_state(0), target_logit = med.new_state(0);
+  at::Tensor saved = at::zeros({kNumSaved, num_peers, med.rows()}, med.new_state(0).options());
+  at::Tensor max = saved[kMax].fill_(-inf);
+  at::Tensor rest = med.new_state(0), target_logit = med.new_state(0);
   at::Tensor amax = at::full({num_peers, med.rows()}, -1, at::kLong);
   const LseState<T> lse_state{ptr<T>(max), ptr<T>(rest), amax.data_ptr<int64_t>(),
                               ptr<T>(target_logit)};
-  at::Tensor saved = at::zeros({kNumSaved, num_peers, med.rows()}, max.options());
   RowTerms terms{med.new_state(0), med.new_state(0), med.new_state(0), saved[kCoefA]};
   at::Tensor med_sum = med.new_state(0);
   const RowStats<T> stats = row_stats<T>(saved, amax, args.gamma);
@@ -242,7 +259,7 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   auto slice = [](const at::Tensor& t, int64_t n0, int64_t nb) { return t.narrow(-1, n0, nb); };
   auto lse_block = [&](int64_t n0, int64_t nb) {
     med.lse_pass(n0, nb, lse_state);
-    finish_lse(slice(max, n0, nb), slice(rest, n0, nb), slice(saved[kLse], n0, nb),
+    finish_lse(slice(rest, n0, nb), slice(saved[kLogNorm], n0, nb),
                slice(saved[kLog1mpAmax], n0, nb), slice(saved[kRatioAmax], n0, nb));
   };
 
@@ -252,7 +269,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   const bool two_phase = std::floor(args.beta * static_cast<double>(n_valid)) >= 1.0;
   if (two_phase) {
     med.for_each_block(lse_block);
-    kept = keep_mask(saved[kLse] - target_logit, med.valid_rows(), args.beta);
+    kept = keep_mask(cross_entropy(max, saved[kLogNorm], target_logit), med.valid_rows(),
+                     args.beta);
   }
 
   MedGrads grads;
@@ -270,7 +288,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
     }
     RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
                    slice(terms.coef_a, n0, nb)};
-    row_terms(slice(saved[kLse], n0, nb), slice(target_logit, n0, nb), slice(amax, n0, nb),
+    row_terms(slice(max, n0, nb), slice(saved[kLogNorm], n0, nb), slice(target_logit, n0, nb),
+              slice(amax, n0, nb),
               slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
               slice(med.targets(), n0, nb), slice(med.row_weights(), n0, nb),
               slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma,

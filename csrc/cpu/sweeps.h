@@ -33,10 +33,12 @@ struct LseState {
   T* target_logit;   // [K, N]
 };
 
-// Per-(peer, row) results of the first sweep that the later sweeps read.
+// Per-(peer, row) results of the first sweep that the later sweeps read. The log-sum-exp is kept
+// as max + log_norm: log p(v) = (z(v) - max) - log_norm loses nothing for items near the max.
 template <typename T>
 struct RowStats {
-  const T* lse;          // [K, N]
+  const T* max;          // [K, N]
+  const T* log_norm;     // [K, N]: log1p(rest)
   const int64_t* amax;   // [K, N]
   const T* log1mp_amax;  // [K, N]: log(1 - p(amax)) = log(rest) - log1p(rest)
   const T* ratio_amax;   // [K, N]: p(amax) / (1 - p(amax)) = 1 / rest

@@ -80,6 +80,15 @@ T* row_of(const Tile<T>& tile, int64_t k, int64_t local_row) {
   return tile.logits + (k * tile.rows + local_row) * tile.cols;
 }
 
+template <typename T>
+void load_norms(const Tile<T>& tile, const RowStats<T>& stats, int64_t n, std::vector<T>& max,
+                std::vector<T>& norm) {
+  for (int64_t k = 0; k < tile.num_peers; ++k) {
+    max[k] = stats.max[k * tile.num_rows + n];
+    norm[k] = stats.log_norm[k * tile.num_rows + n];
+  }
+}
+
 // ---- sweep 1: running log-sum-exp --------------------------------------------------------
 
 template <typename T>
@@ -147,18 +156,19 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
 
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
     std::vector<Vec> u(num_peers), qg(num_peers), med_acc(num_peers), s_acc(num_peers);
-    std::vector<T> us(num_peers), qgs(num_peers);
+    std::vector<T> us(num_peers), qgs(num_peers), max(num_peers), norm(num_peers);
     std::vector<int64_t> specials;
 
     for (int64_t r = row_begin; r < row_end; ++r) {
       const int64_t n = tile.row0 + r;
       if (!tile.active[n]) continue;
+      load_norms(tile, stats, n, max, norm);
       std::fill(med_acc.begin(), med_acc.end(), Vec(T(0)));
       std::fill(s_acc.begin(), s_acc.end(), Vec(T(0)));
 
       auto body = [&](int64_t v, int64_t count) {
         for (int64_t j = 0; j < num_peers; ++j) {
-          u[j] = Vec::loadu(row_of(tile, j, r) + v, count) - Vec(stats.lse[j * tile.num_rows + n]);
+          u[j] = (Vec::loadu(row_of(tile, j, r) + v, count) - Vec(max[j])) - Vec(norm[j]);
           qg[j] = gamma_one ? u[j].exp() : (u[j] * Vec(stats.gamma)).exp();
         }
         for (int64_t k = 0; k < num_peers; ++k) {
@@ -189,7 +199,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
       for (int64_t v : specials) {
         if (v == t_local) continue;  // c(target) = 0
         for (int64_t j = 0; j < num_peers; ++j) {
-          us[j] = row_of(tile, j, r)[v] - stats.lse[j * tile.num_rows + n];
+          us[j] = (row_of(tile, j, r)[v] - max[j]) - norm[j];
           qgs[j] = std::exp(stats.gamma * us[j]);
         }
         for (int64_t k = 0; k < num_peers; ++k) {
@@ -212,7 +222,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
 // ---- sweep 3: dL/dz, in place --------------------------------------------------------------
 
 // dL/dz of every peer at one special item v (the target or an arg-max item), into dz[k];
-// us[j] = z_j(v) - lse_j.
+// us[j] = log p_j(v).
 template <typename T>
 void grad_special(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
                   const T* s_sum, int64_t n, int64_t v, T inv_others, bool with_peers,
@@ -257,7 +267,7 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
 
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
     std::vector<Vec> u(num_peers), qg(num_peers);
-    std::vector<T> us(num_peers), qgs(num_peers), ps(num_peers);
+    std::vector<T> us(num_peers), qgs(num_peers), ps(num_peers), max(num_peers), norm(num_peers);
     std::vector<int64_t> specials;
 
     for (int64_t r = row_begin; r < row_end; ++r) {
@@ -266,11 +276,12 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
         for (int64_t k = 0; k < num_peers; ++k) std::fill_n(row_of(tile, k, r), tile.cols, T(0));
         continue;
       }
+      load_norms(tile, stats, n, max, norm);
 
       // All peers' values of a chunk are read before any is overwritten.
       auto body = [&](int64_t v, int64_t count) {
         for (int64_t j = 0; j < num_peers; ++j) {
-          u[j] = Vec::loadu(row_of(tile, j, r) + v, count) - Vec(stats.lse[j * tile.num_rows + n]);
+          u[j] = (Vec::loadu(row_of(tile, j, r) + v, count) - Vec(max[j])) - Vec(norm[j]);
           if (with_peers) qg[j] = gamma_one ? u[j].exp() : (u[j] * Vec(stats.gamma)).exp();
         }
         for (int64_t k = 0; k < num_peers; ++k) {
@@ -293,7 +304,7 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
       // Read the special items before the vector loops overwrite their neighbours' chunks.
       for (size_t i = 0; i < specials.size(); ++i) {
         for (int64_t j = 0; j < num_peers; ++j) {
-          us[j] = row_of(tile, j, r)[specials[i]] - stats.lse[j * tile.num_rows + n];
+          us[j] = (row_of(tile, j, r)[specials[i]] - max[j]) - norm[j];
         }
         grad_special(tile, stats, coef_a, coef_b, s_sum, n, specials[i], inv_others, with_peers,
                      us, qgs, ps);  // ps receives dz

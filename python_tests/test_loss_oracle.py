@@ -1,0 +1,82 @@
+"""The fused loss against the float64 reference, for every option and tiling path."""
+
+import pytest
+import torch
+
+from loss_cases import assert_close_to_reference, make_case
+
+# (rows per block, items per tile): one tile per block; several blocks and tiles with ragged
+# ends; one row at a time.
+TILINGS = [None, "16,64", "1,7"]
+
+
+@pytest.fixture(params=TILINGS, ids=["auto", "tiled", "thin"])
+def tiling(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setenv("HAIL_TILE_SHAPE", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("num_peers", [1, 2, 3, 4])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_peers_and_reductions(tiling, num_peers, reduction):
+    case = make_case(num_peers, ignored=3, bias="shared")
+    assert_close_to_reference(case, None, 1e-10, reduction=reduction)
+    assert_close_to_reference(case, torch.float32, 1e-5, reduction=reduction)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_alpha_gamma(tiling, alpha, gamma):
+    case = make_case(3, seed=1)
+    assert_close_to_reference(case, None, 1e-10, alpha=alpha, gamma=gamma)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("num_peers", [1, 2, 3])
+def test_truncation(tiling, beta, num_peers):
+    case = make_case(num_peers, num_rows=41, ignored=4, weights=True, seed=2)
+    for reduction in ("mean", "none"):
+        assert_close_to_reference(case, None, 1e-10, beta=beta, reduction=reduction)
+
+
+@pytest.mark.parametrize("bias", [None, "shared", "peer"])
+@pytest.mark.parametrize("per_peer", [False, True])
+def test_tables_and_bias(tiling, bias, per_peer):
+    case = make_case(2, bias=bias, per_peer=per_peer, weights=True, seed=3)
+    assert_close_to_reference(case, None, 1e-10)
+    assert_close_to_reference(case, torch.float32, 1e-5)
+
+
+def test_non_unit_upstream_gradient(tiling):
+    case = make_case(3, ignored=2, weights=True, bias="peer", seed=4)
+    upstream = torch.randn(3, 37, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert_close_to_reference(case, None, 1e-10, upstream=upstream, reduction="none")
+    for reduction in ("mean", "sum"):
+        assert_close_to_reference(case, None, 1e-10, upstream=torch.tensor(-2.5),
+                                  reduction=reduction)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096)])
+def test_odd_sizes(shape):
+    num_rows, dim, num_items = shape
+    case = make_case(2, num_rows, dim, num_items, ignored=num_rows // 4, seed=5)
+    assert_close_to_reference(case, torch.float32, 1e-5)
+
+
+@pytest.mark.parametrize("scale", [3.0, 10.0])
+def test_peaked_distributions(tiling, scale):
+    # Large logits: most rows put almost all mass on one item, often a wrong one.
+    case = make_case(2, scale=scale, seed=6)
+    assert_close_to_reference(case, None, 1e-9)
+    assert_close_to_reference(case, torch.float32, 1e-5 * scale)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_half_precision(dtype, tol):
+    # Inputs rounded to the half type first, so the error measured is the loss's own.
+    case = make_case(2, 64, 32, 1000, ignored=5, bias="shared", seed=7)
+    rounded = make_case(2, 64, 32, 1000, ignored=5, bias="shared", seed=7)
+    for name in ("hidden", "item_weight", "bias"):
+        setattr(rounded, name, getattr(case, name).to(dtype).double())
+    assert_close_to_reference(rounded, dtype, tol)
