@@ -28,7 +28,7 @@ struct MedGrads {
 };
 
 // loss ([K, N] rows, or a scalar), ce, med [K, N] and kept [N] (the valid rows that the
-// truncation kept); saved [6, K, N] and amax [K, N] for the backward; grad_hidden,
+// truncation kept); saved [7, K, N] and amax [K, N] for the backward; grad_hidden,
 // grad_item_weight, grad_bias of the loss for a unit upstream gradient (empty unless compute_grad
 // and reduction is mean or sum).
 using MedForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -38,7 +38,7 @@ using MedBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // Rows of saved: what the gradient sweep needs besides the inputs.
 // The log-sum-exp of a row is max + log_norm (log_norm = log1p(rest), see cpu/sweeps.h).
 enum SavedRow : int64_t {
-  kMax = 0, kLogNorm, kSSum, kCoefA, kLog1mpAmax, kRatioAmax, kNumSaved
+  kMax = 0, kLogNorm, kSRest, kSAmax, kCoefA, kLog1mpAmax, kRatioAmax, kNumSaved
 };
 
 // Per-row algebra of docs/SPEC.md on [K, n] slices, written with ATen ops so that any device

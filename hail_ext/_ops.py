@@ -23,7 +23,7 @@ except ImportError as error:  # a source checkout that was never built
     IMPORT_ERROR = error
 
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-NUM_SAVED = 6
+NUM_SAVED = 7
 
 
 def has_kernel(device: torch.device) -> bool:

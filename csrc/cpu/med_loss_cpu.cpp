@@ -109,17 +109,18 @@ class MedCpu {
 
   // Sweep 2 over one block, for the rows flagged in `active`.
   void med_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active, T* med_sum,
-                T* s_sum) {
+                T* s_rest, T* s_amax) {
     for_each_tile(n0, nb, [&](const Tile<T>& tile) {
-      kernels_.med(tile, stats, med_sum, s_sum);
+      kernels_.med(tile, stats, med_sum, s_rest, s_amax);
     }, active);
   }
 
   // Sweep 3 over one block, and the two gradient products of each tile.
   void grad_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active,
-                 const T* coef_a, const T* coef_b, const T* s_sum, MedGrads& grads) {
+                 const T* coef_a, const T* coef_b, const T* s_rest, const T* s_amax,
+                 MedGrads& grads) {
     for_each_tile(n0, nb, [&](const Tile<T>& tile) {
-      kernels_.grad(tile, stats, coef_a, coef_b, s_sum);
+      kernels_.grad(tile, stats, coef_a, coef_b, s_rest, s_amax);
       for (int64_t k = 0; k < num_peers_; ++k) {
         const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
         grads.hidden[k].narrow(0, n0, nb).addmm_(dz, weight_tile(k, tile.item0, tile.cols));
@@ -284,7 +285,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   med.for_each_block([&](int64_t n0, int64_t nb) {
     if (!two_phase) lse_block(n0, nb);
     if (num_peers > 1) {
-      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSSum]));
+      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSRest]),
+                   ptr<T>(saved[kSAmax]));
     }
     RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
                    slice(terms.coef_a, n0, nb)};
@@ -299,7 +301,7 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
       auto [coef_a, coef_b] = grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA],
                                          num_peers, args.alpha);
       med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
-                    ptr<T>(saved[kSSum]), grads);
+                    ptr<T>(saved[kSRest]), ptr<T>(saved[kSAmax]), grads);
     }
   });
 
@@ -326,7 +328,7 @@ MedBackward backward_impl(const at::Tensor& grad_rows, const MedArgs& args, cons
   MedGrads grads = med.new_grads();
   med.for_each_block([&](int64_t n0, int64_t nb) {
     med.grad_pass(n0, nb, stats, active.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
-                  ptr<T>(saved[kSSum]), grads);
+                  ptr<T>(saved[kSRest]), ptr<T>(saved[kSAmax]), grads);
   });
   return med.finish_grads(grads);
 }

@@ -50,13 +50,16 @@ struct SweepKernels {
   // Fold one tile into the running (max, amax, rest) and pick up the target logit.
   void (*lse)(const Tile<T>&, const LseState<T>&);
   // Accumulate, over the tile's items v != target, sum c(v) log(1 - p(v)) into `med_sum` and
-  // sum c(v) p(v) / (1 - p(v)) into `s_sum` (both [K, N]). Needs K >= 2.
-  void (*med)(const Tile<T>&, const RowStats<T>&, T* med_sum, T* s_sum);
+  // S = sum c(v) p(v) / (1 - p(v)) split in two (all [K, N]): the arg-max item's term into
+  // `s_amax`, the others into `s_rest`. Needs K >= 2.
+  void (*med)(const Tile<T>&, const RowStats<T>&, T* med_sum, T* s_rest, T* s_amax);
   // Overwrite the tile with dL/dz = coef_a (p - onehot) + coef_b (c p / (1 - p) - S p),
-  // coef_a, coef_b and S given per (peer, row); inactive rows get 0. coef_b may be null (K = 1
-  // or alpha = 1), which skips the peers' term.
+  // coef_a, coef_b and S = s_rest + s_amax given per (peer, row); inactive rows get 0. coef_b may
+  // be null (K = 1 or alpha = 1), which skips the peers' term. At the arg-max item the peers'
+  // term is written p (c - s_rest): when that item holds almost all the mass, S and c p / (1 - p)
+  // are both huge and their difference would cancel.
   void (*grad)(const Tile<T>&, const RowStats<T>&, const T* coef_a, const T* coef_b,
-               const T* s_sum);
+               const T* s_rest, const T* s_amax);
 };
 
 struct SweepTable {

@@ -148,7 +148,8 @@ void lse_tile(const Tile<T>& tile, const LseState<T>& state) {
 // ---- sweep 2: the peers' sums S and MED ----------------------------------------------------
 
 template <typename T>
-void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_sum) {
+void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_rest,
+              T* s_amax) {
   using Vec = Vectorized<T>;
   const int64_t num_peers = tile.num_peers;
   const T inv_others = T(1) / T(num_peers - 1);
@@ -191,7 +192,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
       for (int64_t k = 0; k < num_peers; ++k) {
         const int64_t s = k * tile.num_rows + n;
         med_sum[s] += hsum(med_acc[k]);
-        s_sum[s] += hsum(s_acc[k]);
+        s_rest[s] += hsum(s_acc[k]);
       }
 
       // The arg-max items off the target, with their exact log(1 - p) and p / (1 - p).
@@ -212,7 +213,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
           const T log1mp = is_amax ? stats.log1mp_amax[s] : std::log(-std::expm1(us[k]));
           const T ratio = is_amax ? stats.ratio_amax[s] : std::exp(us[k]) / -std::expm1(us[k]);
           med_sum[s] += c * log1mp;
-          s_sum[s] += c * ratio;
+          (is_amax ? s_amax : s_rest)[s] += c * ratio;
         }
       }
     }
@@ -225,7 +226,8 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_su
 // us[j] = log p_j(v).
 template <typename T>
 void grad_special(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
-                  const T* s_sum, int64_t n, int64_t v, T inv_others, bool with_peers,
+                  const T* s_rest, const T* s_amax, int64_t n, int64_t v, T inv_others,
+                  bool with_peers,
                   const std::vector<T>& us, std::vector<T>& qgs, std::vector<T>& dz) {
   const int64_t num_peers = tile.num_peers;
   const bool is_target = tile.item0 + v == tile.target[n];
@@ -240,16 +242,19 @@ void grad_special(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a
       // c(target) = 0; p - 1 to full precision even when the target holds almost all the mass.
       const T p_minus_1 = is_amax ? -std::exp(stats.log1mp_amax[s]) : std::expm1(us[k]);
       d = coef_a[s] * p_minus_1;
-      if (with_peers) d -= coef_b[s] * s_sum[s] * p;
+      if (with_peers) d -= coef_b[s] * (s_rest[s] + s_amax[s]) * p;
     } else {
       d = coef_a[s] * p;
       if (with_peers) {
         T c = 0;
         for (int64_t j = 0; j < num_peers; ++j) c += (j != k) ? qgs[j] : T(0);
         c *= inv_others;
-        const T ratio = is_amax ? stats.ratio_amax[s] : p / -std::expm1(us[k]);
-        const T peer_term = c > T(0) ? c * ratio : T(0);  // keeps 0 * inf out
-        d += coef_b[s] * (peer_term - s_sum[s] * p);
+        if (is_amax) {
+          d += coef_b[s] * p * (c - s_rest[s]);
+        } else {
+          const T ratio = p / -std::expm1(us[k]);
+          d += coef_b[s] * (c * ratio - (s_rest[s] + s_amax[s]) * p);
+        }
       }
     }
     dz[k] = d;
@@ -258,7 +263,7 @@ void grad_special(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a
 
 template <typename T>
 void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
-               const T* s_sum) {
+               const T* s_rest, const T* s_amax) {
   using Vec = Vectorized<T>;
   const int64_t num_peers = tile.num_peers;
   const T inv_others = num_peers > 1 ? T(1) / T(num_peers - 1) : T(0);
@@ -295,7 +300,7 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
             }
             c = c * Vec(inv_others);
             const Vec ratio = p / (Vec(T(0)) - u[k].expm1());
-            dz = dz + Vec(coef_b[s]) * (c * ratio - Vec(s_sum[s]) * p);
+            dz = dz + Vec(coef_b[s]) * (c * ratio - Vec(s_rest[s] + s_amax[s]) * p);
           }
           dz.store(row_of(tile, k, r) + v, count);
         }
@@ -306,8 +311,8 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
         for (int64_t j = 0; j < num_peers; ++j) {
           us[j] = (row_of(tile, j, r)[specials[i]] - max[j]) - norm[j];
         }
-        grad_special(tile, stats, coef_a, coef_b, s_sum, n, specials[i], inv_others, with_peers,
-                     us, qgs, ps);  // ps receives dz
+        grad_special(tile, stats, coef_a, coef_b, s_rest, s_amax, n, specials[i], inv_others,
+                     with_peers, us, qgs, ps);  // ps receives dz
         for (int64_t k = 0; k < num_peers; ++k) row_of(tile, k, r)[specials[i]] = ps[k];
       }
       // The vector loops never touch the special items, so their dz, written above, stays.

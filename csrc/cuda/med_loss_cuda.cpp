@@ -359,9 +359,82 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
               block);
     if (compute_grad) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
-      auto [coef_a, coef_b] = grad_coefs(slice(unit_grad, n0, nb), slice(med.row_weights(), n0, nb),
-                                         slice(kept, n0, nb), slice(saved[kCoefA], n0, nb),
+      auto [coef_a, coef_b] = grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA],
                                          num_peers, args.alpha);
-      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ...);
+      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
+                    ptr<T>(saved[kSSum]), grads);
     }
   });
+
+  const at::Tensor none = at::empty({0}, args.hidden.options());
+  auto [grad_hidden, grad_weight, grad_bias] =
+      compute_grad ? med.finish_grads(grads) : std::make_tuple(none, none, none);
+  const at::Tensor loss = std::get<0>(reduce_rows(terms.rows, med.row_weights(), args.reduction));
+  return {loss, terms.ce, terms.med, kept, saved, amax, grad_hidden, grad_weight, grad_bias};
+}
+
+template <typename T>
+MedBackward backward_impl(const at::Tensor& grad_rows, const MedArgs& args, const at::Tensor& kept,
+                          const at::Tensor& saved_in, const at::Tensor& amax_in) {
+  MedCuda<T> med(args);
+  const at::Tensor saved = saved_in.to(med.opts()).contiguous();
+  const at::Tensor amax = amax_in.to(med.opts().dtype(at::kLong)).contiguous();
+  const at::Tensor active = kept.to(med.opts().dtype(at::kBool)).contiguous();
+  const RowStats<T> stats = row_stats<T>(saved, amax, args.gamma);
+
+  auto [coef_a, coef_b] = grad_coefs(grad_rows.to(med.opts()), med.row_weights(), active,
+                                     saved[kCoefA], med.peers(), args.alpha);
+  MedGrads grads = med.new_grads();
+  med.for_each_block([&](int64_t n0, int64_t nb) {
+    med.grad_pass(n0, nb, stats, active.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
+                  ptr<T>(saved[kSSum]), grads);
+  });
+  return med.finish_grads(grads);
+}
+
+bool use_double(const at::Tensor& hidden) { return hidden.scalar_type() == at::kDouble; }
+
+void check_cuda_args(const at::Tensor& hidden) {
+  TORCH_CHECK_VALUE(hidden.size(0) <= kMaxPeers, "the CUDA kernels take at most ", kMaxPeers,
+                    " peers, got K = ", hidden.size(0),
+                    "; use hail_ext.reference.med_loss or the CPU operator for more");
+}
+
+}  // namespace
+
+MedForward med_forward_cuda(const at::Tensor& hidden, const at::Tensor& item_weight,
+                            const at::Tensor& target, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& row_weight, int64_t ignore_index,
+                            double alpha, double gamma, double beta, int64_t reduction,
+                            bool compute_grad) {
+  check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, beta, reduction);
+  check_cuda_args(hidden);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
+                     alpha, gamma, beta, reduction};
+  compute_grad = compute_grad && reduction != kReductionNone;
+  return use_double(hidden) ? forward_impl<double>(args, compute_grad)
+                            : forward_impl<float>(args, compute_grad);
+}
+
+MedBackward med_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& hidden,
+                              const at::Tensor& item_weight, const at::Tensor& target,
+                              const std::optional<at::Tensor>& bias,
+                              const std::optional<at::Tensor>& row_weight, const at::Tensor& kept,
+                              const at::Tensor& saved, const at::Tensor& amax,
+                              int64_t ignore_index, double alpha, double gamma) {
+  check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, 0.0, kReductionNone);
+  check_cuda_args(hidden);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
+                     alpha, gamma, 0.0, kReductionNone};
+  return use_double(hidden) ? backward_impl<double>(grad_rows, args, kept, saved, amax)
+                            : backward_impl<float>(grad_rows, args, kept, saved, amax);
+}
+
+}  // namespace hail_ext::cuda
+
+TORCH_LIBRARY_IMPL(hail_ext, CUDA, m) {
+  m.impl("med_forward", &hail_ext::cuda::med_forward_cuda);
+  m.impl("med_backward", &hail_ext::cuda::med_backward_cuda);
+}

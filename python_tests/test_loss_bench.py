@@ -1,0 +1,100 @@
+"""The loss benchmark end to end on its smoke preset: CSV rows, Markdown table and plot."""
+
+import csv
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+COLUMNS = {"provider", "mode", "K", "N", "d", "V", "dtype", "metric", "unit", "value"}
+COLUMNS |= {"status", "device", "machine", "version", "date", "run_id"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    sys.path.insert(0, str(BENCHMARKS))
+    import loss_bench
+
+    out = tmp_path_factory.mktemp("bench") / "loss.csv"
+    assert loss_bench.main(["--preset", "smoke", "--out", str(out)]) == 0
+    yield out, loss_bench
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_smoke_rows(smoke_run):
+    out, loss_bench = smoke_run
+    with open(out, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert COLUMNS <= set(reader.fieldnames)
+
+    bu = loss_bench.bu
+    preset = loss_bench.PRESETS["smoke"]
+    grid = loss_bench.points(preset["grids"])
+    expected = {
+        (p, mode, point.K, metric)
+        for point, p, mode in itertools.product(grid, preset["providers"], bu.MODES)
+        if bu.applies(p, point)
+        for metric, _unit in bu.metrics(p, mode)
+    }
+    seen = [(r["provider"], r["mode"], int(r["K"]), r["metric"]) for r in rows]
+    assert sorted(seen) == sorted(expected)  # each figure exactly once
+
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert not bad, bad[:3]
+    errors = [float(r["value"]) for r in rows if r["metric"].startswith("rel_err")]
+    assert errors and max(errors) <= bu.TOLERANCE["float32"]
+    assert all(float(r["value"]) > 0 for r in rows if r["metric"].startswith("time_"))
+    assert len({r["run_id"] for r in rows}) == 1 and "cores" in rows[0]["machine"]
+
+
+def test_smoke_table_and_plot(smoke_run):
+    out, _ = smoke_run
+    import loss_table
+    import plot_loss
+
+    table = loss_table.markdown(loss_table.read_run(out))
+    assert "| fused |" in table and "| floor |" in table and "1.00x" in table
+
+    png = out.with_suffix(".png")
+    assert plot_loss.main([str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_and_missing_rows_are_kept(smoke_run):
+    """A provider that times out or is too big still has a row per figure, with its status."""
+    _, loss_bench = smoke_run
+    point = loss_bench.bu.Point(1, 8, 4, 10, "float32")
+    records = [
+        {
+            "provider": "fused",
+            "mode": None,
+            "metric": "rel_err_loss",
+            "value": 1e-9,
+            "unit": "rel",
+            "status": "ok",
+        },
+        {
+            "provider": "fused",
+            "mode": "forward",
+            "metric": None,
+            "value": None,
+            "unit": "",
+            "status": "timeout",
+        },
+    ]
+    rows = loss_bench.complete(
+        point,
+        ["fused", "reference"],
+        list(loss_bench.bu.MODES),
+        records,
+        "failed",
+        too_big=["reference"],
+    )
+    status = {(r["provider"], r["mode"], r["metric"]): r["status"] for r in rows}
+    assert status["fused", "forward", "rel_err_loss"] == "ok"
+    assert status["fused", "forward", "time_p50"] == "timeout"
+    assert status["fused", "forward+backward", "time_p50"] == "failed"  # never reported
+    assert {s for (p, _, _), s in status.items() if p == "reference"} == {"oom"}
