@@ -38,7 +38,14 @@ using MedBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // Rows of saved: what the gradient sweep needs besides the inputs.
 // The log-sum-exp of a row is max + log_norm (log_norm = log1p(rest), see cpu/sweeps.h).
 enum SavedRow : int64_t {
-  kMax = 0, kLogNorm, kSRest, kSAmax, kCoefA, kLog1mpAmax, kRatioAmax, kNumSaved
+  kMax = 0,
+  kLogNorm,
+  kSRest,
+  kSAmax,
+  kCoefA,
+  kLog1mpAmax,
+  kRatioAmax,
+  kNumSaved
 };
 
 // Per-row algebra of docs/SPEC.md on [K, n] slices, written with ATen ops so that any device
@@ -47,14 +54,13 @@ struct RowTerms {
   at::Tensor rows, ce, med, coef_a;  // outputs, [K, n]
 };
 void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tensor& target_logit,
-               const at::Tensor& amax,
-               const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
+               const at::Tensor& amax, const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
                const at::Tensor& target, const at::Tensor& row_weight, const at::Tensor& valid,
                const at::Tensor& active, double alpha, double gamma, RowTerms& out);
 
 // log_norm = log1p(rest), and log(1 - p) and p / (1 - p) of the arg-max item, in place.
-void finish_lse(const at::Tensor& rest, at::Tensor log_norm,
-                at::Tensor log1mp_amax, at::Tensor ratio_amax);
+void finish_lse(const at::Tensor& rest, at::Tensor log_norm, at::Tensor log1mp_amax,
+                at::Tensor ratio_amax);
 
 // Cross-entropy (lse - target logit) as (max - target logit) + log_norm.
 at::Tensor cross_entropy(const at::Tensor& max, const at::Tensor& log_norm,
@@ -81,7 +87,7 @@ void check_args(const at::Tensor& hidden, const at::Tensor& item_weight, const a
 
 // The reduced loss of [K, N] rows, and the upstream gradient of each row for a unit gradient on
 // it; a mean over zero total weight is 0 with zero gradients.
-std::tuple<at::Tensor, at::Tensor> reduce_rows(const at::Tensor& rows,
-                                               const at::Tensor& row_weight, int64_t reduction);
+std::tuple<at::Tensor, at::Tensor> reduce_rows(const at::Tensor& rows, const at::Tensor& row_weight,
+                                               int64_t reduction);
 
 }  // namespace hail_ext

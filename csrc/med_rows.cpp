@@ -35,8 +35,7 @@ at::Tensor cross_entropy(const at::Tensor& max, const at::Tensor& log_norm,
 }
 
 void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tensor& target_logit,
-               const at::Tensor& amax,
-               const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
+               const at::Tensor& amax, const at::Tensor& log1mp_amax, const at::Tensor& med_sum,
                const at::Tensor& target, const at::Tensor& row_weight, const at::Tensor& valid,
                const at::Tensor& active, double alpha, double gamma, RowTerms& out) {
   const int64_t num_peers = max.size(0);
@@ -53,8 +52,8 @@ void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tens
   }
 
   // log(1 - q_j(t)); exact from the lse state when the target is peer j's arg-max item.
-  const at::Tensor log1mq = at::where(target.unsqueeze(0) == amax, log1mp_amax,
-                                      at::log(-at::expm1(-ce)));
+  const at::Tensor log1mq =
+      at::where(target.unsqueeze(0) == amax, log1mp_amax, at::log(-at::expm1(-ce)));
   const at::Tensor a = mean_of_others(at::exp(gamma * log1mq));
   const at::Tensor med = a * ce - med_sum;
   out.med.copy_(at::where(active, med, zero));
@@ -66,9 +65,11 @@ at::Tensor keep_mask(const at::Tensor& ce, const at::Tensor& valid, double beta)
   const int64_t n_valid = valid.sum().item<int64_t>();
   const auto n_drop = static_cast<int64_t>(std::floor(beta * static_cast<double>(n_valid)));
   if (n_drop == 0) return valid.clone();
-  TORCH_CHECK_VALUE(!at::isnan(at::where(valid, ce, at::zeros({}, ce.options()))).any().item<bool>(),
-                    "the cross-entropy of a valid row is NaN (non-finite inputs?): the truncation "
-                    "(beta = ", beta, ") cannot rank the rows");
+  TORCH_CHECK_VALUE(
+      !at::isnan(at::where(valid, ce, at::zeros({}, ce.options()))).any().item<bool>(),
+      "the cross-entropy of a valid row is NaN (non-finite inputs?): the truncation "
+      "(beta = ",
+      beta, ") cannot rank the rows");
 
   const double lowest = -std::numeric_limits<double>::infinity();
   at::Tensor dropped_by_all = at::ones_like(valid);
@@ -91,13 +92,13 @@ std::tuple<at::Tensor, at::Tensor> grad_coefs(const at::Tensor& grad_rows,
   const at::Tensor zero = at::zeros({}, coef_a.options());
   const at::Tensor scale = at::where(active, grad_rows * row_weight, zero);  // [K, N]
   const at::Tensor a = (scale * coef_a).contiguous();
-  const at::Tensor b = num_peers > 1 && alpha < 1.0 ? (scale * (1.0 - alpha)).contiguous()
-                                                    : at::Tensor();
+  const at::Tensor b =
+      num_peers > 1 && alpha < 1.0 ? (scale * (1.0 - alpha)).contiguous() : at::Tensor();
   return {a, b};
 }
 
-std::tuple<at::Tensor, at::Tensor> reduce_rows(const at::Tensor& rows,
-                                               const at::Tensor& row_weight, int64_t reduction) {
+std::tuple<at::Tensor, at::Tensor> reduce_rows(const at::Tensor& rows, const at::Tensor& row_weight,
+                                               int64_t reduction) {
   if (reduction == kReductionNone) return {rows, at::ones_like(rows)};
   const at::Tensor total = rows.sum();
   if (reduction == kReductionSum) return {total, at::ones_like(rows)};

@@ -6,7 +6,8 @@ TORCH_LIBRARY(hail_ext, m) {
   m.def(
       "med_forward(Tensor hidden, Tensor item_weight, Tensor target, Tensor? bias, "
       "Tensor? row_weight, int ignore_index, float alpha, float gamma, float beta, "
-      "int reduction, bool compute_grad) -> (Tensor loss, Tensor ce, Tensor med, Tensor kept, Tensor saved, "
+      "int reduction, bool compute_grad) -> (Tensor loss, Tensor ce, Tensor med, Tensor kept, "
+      "Tensor saved, "
       "Tensor amax, Tensor grad_hidden, Tensor grad_item_weight, Tensor grad_bias)");
   m.def(
       "med_backward(Tensor grad_rows, Tensor hidden, Tensor item_weight, Tensor target, "

@@ -5,8 +5,8 @@ computed in sweeps over item tiles so that the `[K, N, V]` logits are never held
 """
 
 from hail_ext import reference
-from hail_ext._ops import IMPORT_ERROR as _IMPORT_ERROR
 from hail_ext._ops import _C
+from hail_ext._ops import IMPORT_ERROR as _IMPORT_ERROR
 from hail_ext.loss import MEDStats, linear_cross_entropy, med_loss, med_loss_with_stats
 from hail_ext.modules import LinearCrossEntropy, MEDLoss
 from hail_ext.options import MEDOptions
@@ -31,6 +31,11 @@ def build_info() -> dict:
     (`cuda`, `cuda_archs`) and the CPU instruction set of the sweeps in use (`cpu_isa`).
     Without a compiled extension: `{"version": ..., "compiled": False, "error": ...}`."""
     if _C is None:
-        return {"version": __version__, "compiled": False, "cuda": False, "cpu_isa": None,
-                "error": str(_IMPORT_ERROR)}
+        return {
+            "version": __version__,
+            "compiled": False,
+            "cuda": False,
+            "cpu_isa": None,
+            "error": str(_IMPORT_ERROR),
+        }
     return {"compiled": True, **_C.build_info()}

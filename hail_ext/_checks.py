@@ -36,7 +36,9 @@ def check_inputs(hidden, item_weight, target, bias=None, row_weight=None):
     if num_peers < 1:
         raise ValueError(f"hidden must hold at least one peer (K >= 1), got shape {_s(hidden)}")
     if hidden.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"hidden must be float16, bfloat16, float32 or float64, got {hidden.dtype}")
+        raise ValueError(
+            f"hidden must be float16, bfloat16, float32 or float64, got {hidden.dtype}"
+        )
 
     if item_weight.dim() == 2:
         num_items = item_weight.shape[0]
@@ -75,8 +77,12 @@ def check_inputs(hidden, item_weight, target, bias=None, row_weight=None):
     for name, t in (("item_weight", item_weight), ("bias", bias)):
         if t is not None and t.dtype != hidden.dtype:
             raise ValueError(f"{name} has dtype {t.dtype} but hidden has {hidden.dtype}; cast one")
-    for name, t in (("item_weight", item_weight), ("target", target), ("bias", bias),
-                    ("row_weight", row_weight)):
+    for name, t in (
+        ("item_weight", item_weight),
+        ("target", target),
+        ("bias", bias),
+        ("row_weight", row_weight),
+    ):
         if t is not None and t.device != hidden.device:
             raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
     return hidden, item_weight, bias

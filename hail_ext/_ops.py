@@ -54,8 +54,17 @@ if _C is not None:
 
     @torch.library.register_fake("hail_ext::med_forward")
     def _med_forward_fake(
-        hidden, item_weight, target, bias, row_weight, ignore_index, alpha, gamma, beta,
-        reduction, compute_grad,
+        hidden,
+        item_weight,
+        target,
+        bias,
+        row_weight,
+        ignore_index,
+        alpha,
+        gamma,
+        beta,
+        reduction,
+        compute_grad,
     ):
         num_peers, num_rows, _ = hidden.shape
         acc = _acc_dtype(hidden.dtype)
@@ -67,19 +76,40 @@ if _C is not None:
         if compute_grad and reduction != 0:
             grads = _grad_shapes(hidden, item_weight, bias)
         else:
-            grads = (hidden.new_empty(0),) * 3
+            grads = tuple(hidden.new_empty(0) for _ in range(3))
         return (loss, torch.empty_like(stat), torch.empty_like(stat), kept, saved, amax, *grads)
 
     @torch.library.register_fake("hail_ext::med_backward")
     def _med_backward_fake(
-        grad_rows, hidden, item_weight, target, bias, row_weight, kept, saved, amax,
-        ignore_index, alpha, gamma,
+        grad_rows,
+        hidden,
+        item_weight,
+        target,
+        bias,
+        row_weight,
+        kept,
+        saved,
+        amax,
+        ignore_index,
+        alpha,
+        gamma,
     ):
         return _grad_shapes(hidden, item_weight, bias)
 
     def _setup_context(ctx, inputs, output):
-        (hidden, item_weight, target, bias, row_weight, ignore_index, alpha, gamma, _beta,
-         reduction, compute_grad) = inputs
+        (
+            hidden,
+            item_weight,
+            target,
+            bias,
+            row_weight,
+            ignore_index,
+            alpha,
+            gamma,
+            _beta,
+            reduction,
+            compute_grad,
+        ) = inputs
         _loss, _ce, _med, kept, saved, amax, grad_hidden, grad_weight, grad_bias = output
         ctx.eager = bool(compute_grad) and reduction != 0
         ctx.reduction = reduction
@@ -97,12 +127,19 @@ if _C is not None:
             hidden, item_weight, target, bias, row_weight, kept, saved, amax = ctx.saved_tensors
             grad_rows = _row_grads(grad_loss, ctx.reduction, hidden, target, row_weight, ctx)
             grad_hidden, grad_weight, grad_bias = torch.ops.hail_ext.med_backward(
-                grad_rows, hidden, item_weight, target, bias, row_weight, kept, saved, amax,
+                grad_rows,
+                hidden,
+                item_weight,
+                target,
+                bias,
+                row_weight,
+                kept,
+                saved,
+                amax,
                 *ctx.options,
             )
         grad_bias = grad_bias if ctx.has_bias else None
-        return (grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None,
-                None)
+        return (grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None, None)
 
     def _row_grads(grad_loss, reduction, hidden, target, row_weight, ctx):
         """The upstream gradient of every [K, N] row, from that of the (reduced) loss."""

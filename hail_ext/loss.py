@@ -115,8 +115,17 @@ def _med_loss(hidden, item_weight, target, bias, row_weight, opts: MEDOptions, s
         t is not None and t.requires_grad for t in (hidden, item_weight, bias)
     )
     loss, ce, med, kept, *_ = torch.ops.hail_ext.med_forward(
-        hidden, item_weight, target, bias, row_weight, opts.ignore_index, opts.alpha,
-        opts.gamma, opts.beta, _ops.REDUCTION_CODES[opts.reduction], needs_grad,
+        hidden,
+        item_weight,
+        target,
+        bias,
+        row_weight,
+        opts.ignore_index,
+        opts.alpha,
+        opts.gamma,
+        opts.beta,
+        _ops.REDUCTION_CODES[opts.reduction],
+        needs_grad,
     )
     loss = loss.to(hidden.dtype)
     if not stats:
@@ -130,7 +139,8 @@ def _stats(ce, med, kept, target, row_weight, opts: MEDOptions) -> MEDStats:
     kept_weight = weight * kept
     mean = lambda x, w: (x * w).sum(-1) / w.sum().clamp_min(torch.finfo(x.dtype).tiny)  # noqa: E731
     return MEDStats(
-        ce=mean(ce, weight).detach(), med=mean(med, kept_weight).detach(),
+        ce=mean(ce, weight).detach(),
+        med=mean(med, kept_weight).detach(),
         rows_kept=(kept & valid).sum(),
     )
 
@@ -142,12 +152,15 @@ def _reference_loss(hidden, item_weight, target, bias, row_weight, opts, stats: 
         reason = f"not built ({_ops.IMPORT_ERROR})" if _ops._C is None else "not compiled for it"
         logger.warning(
             "hail_ext: no fused kernel for %s (%s); using the pure-PyTorch loss, which holds "
-            "[K, N, V] logits", device, reason,
+            "[K, N, V] logits",
+            device,
+            reason,
         )
     reference.check_values(target, row_weight, item_weight.shape[-2], opts.ignore_index)
     rows, ce, med, kept = reference.med_rows(hidden, item_weight, target, bias, row_weight, opts)
     loss = reference.reduce_rows(rows, target, row_weight, opts).to(hidden.dtype)
     if not stats:
         return loss, None
-    return loss, _stats(ce, med, kept.to(torch.bool) & (target != opts.ignore_index), target,
-                        row_weight, opts)
+    return loss, _stats(
+        ce, med, kept.to(torch.bool) & (target != opts.ignore_index), target, row_weight, opts
+    )

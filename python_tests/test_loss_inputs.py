@@ -21,22 +21,25 @@ def call(fn, case, **kwargs):
 
 
 @pytest.mark.parametrize("fn", LOSSES)
-@pytest.mark.parametrize("field,value,message", [
-    ("hidden", torch.zeros(6, 4), r"hidden must be \[K, N, d\]"),
-    ("hidden", torch.zeros(2, 6, 4, dtype=torch.int64), "hidden must be float16"),
-    ("item_weight", torch.zeros(10, 5), "disagree on d"),
-    ("item_weight", torch.zeros(3, 10, 4), r"item_weight must be \[V, d\] or \[K, V, d\]"),
-    ("item_weight", torch.zeros(0, 4), "empty catalogue"),
-    ("item_weight", torch.zeros(10, 4, dtype=torch.float64), "item_weight has dtype"),
-    ("target", torch.zeros(5, dtype=torch.int64), r"target must be \[N\]"),
-    ("target", torch.zeros(6, dtype=torch.int32), "target must be int64"),
-    ("target", torch.tensor([0, 1, 2, 10, 4, 5]), r"target\[3\] = 10 is outside \[0, 10\)"),
-    ("target", torch.tensor([0, 1, -1, 3, 4, 5]), r"target\[2\] = -1 is outside"),
-    ("bias", torch.zeros(9), r"bias must be \[V\] or \[K, V\]"),
-    ("row_weight", torch.ones(5), r"row_weight must be \[N\]"),
-    ("row_weight", torch.tensor([1.0, -1.0, 1, 1, 1, 1]), r"row_weight\[1\] = -1"),
-    ("row_weight", torch.tensor([1.0, 1, math.nan, 1, 1, 1]), r"row_weight\[2\] = nan"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("hidden", torch.zeros(6, 4), r"hidden must be \[K, N, d\]"),
+        ("hidden", torch.zeros(2, 6, 4, dtype=torch.int64), "hidden must be float16"),
+        ("item_weight", torch.zeros(10, 5), "disagree on d"),
+        ("item_weight", torch.zeros(3, 10, 4), r"item_weight must be \[V, d\] or \[K, V, d\]"),
+        ("item_weight", torch.zeros(0, 4), "empty catalogue"),
+        ("item_weight", torch.zeros(10, 4, dtype=torch.float64), "item_weight has dtype"),
+        ("target", torch.zeros(5, dtype=torch.int64), r"target must be \[N\]"),
+        ("target", torch.zeros(6, dtype=torch.int32), "target must be int64"),
+        ("target", torch.tensor([0, 1, 2, 10, 4, 5]), r"target\[3\] = 10 is outside \[0, 10\)"),
+        ("target", torch.tensor([0, 1, -1, 3, 4, 5]), r"target\[2\] = -1 is outside"),
+        ("bias", torch.zeros(9), r"bias must be \[V\] or \[K, V\]"),
+        ("row_weight", torch.ones(5), r"row_weight must be \[N\]"),
+        ("row_weight", torch.tensor([1.0, -1.0, 1, 1, 1, 1]), r"row_weight\[1\] = -1"),
+        ("row_weight", torch.tensor([1.0, 1, math.nan, 1, 1, 1]), r"row_weight\[2\] = nan"),
+    ],
+)
 def test_bad_tensors(fn, field, value, message):
     case = good()
     setattr(case, field, value)
@@ -45,12 +48,19 @@ def test_bad_tensors(fn, field, value, message):
 
 
 @pytest.mark.parametrize("fn", LOSSES)
-@pytest.mark.parametrize("option,value,message", [
-    ("gamma", 0.0, "gamma must be"), ("gamma", -1.0, "gamma must be"),
-    ("alpha", 1.5, r"alpha must lie in \[0, 1\]"), ("alpha", math.nan, "alpha must"),
-    ("beta", 1.0, r"beta must lie in \[0, 1\)"), ("beta", -0.1, "beta must"),
-    ("reduction", "avg", "reduction must be one of"), ("ignore_index", 1.5, "ignore_index"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("gamma", 0.0, "gamma must be"),
+        ("gamma", -1.0, "gamma must be"),
+        ("alpha", 1.5, r"alpha must lie in \[0, 1\]"),
+        ("alpha", math.nan, "alpha must"),
+        ("beta", 1.0, r"beta must lie in \[0, 1\)"),
+        ("beta", -0.1, "beta must"),
+        ("reduction", "avg", "reduction must be one of"),
+        ("ignore_index", 1.5, "ignore_index"),
+    ],
+)
 def test_bad_options(fn, option, value, message):
     with pytest.raises(ValueError, match=message):
         call(fn, good(), **{option: value})
@@ -68,25 +78,50 @@ def test_operator_checks_its_own_arguments():
     # Callers that reach the operator directly get the same kind of error.
     case = good()
     with pytest.raises(ValueError, match="gamma must be > 0"):
-        torch.ops.hail_ext.med_forward(case.hidden, case.item_weight, case.target, None, None,
-                                       -100, 0.5, 0.0, 0.0, 1, False)
+        torch.ops.hail_ext.med_forward(
+            case.hidden, case.item_weight, case.target, None, None, -100, 0.5, 0.0, 0.0, 1, False
+        )
     with pytest.raises(ValueError, match="target"):
-        torch.ops.hail_ext.med_forward(case.hidden, case.item_weight, case.target + 100, None,
-                                       None, -100, 0.5, 1.0, 0.0, 1, False)
+        torch.ops.hail_ext.med_forward(
+            case.hidden,
+            case.item_weight,
+            case.target + 100,
+            None,
+            None,
+            -100,
+            0.5,
+            1.0,
+            0.0,
+            1,
+            False,
+        )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("zero", ["ignored", "weights", "empty"])
 def test_batches_without_loss(reduction, zero):
-    case = make_case(2, num_rows=0 if zero == "empty" else 5, dim=3, num_items=7,
-                     bias="shared", dtype=torch.float32)
+    case = make_case(
+        2,
+        num_rows=0 if zero == "empty" else 5,
+        dim=3,
+        num_items=7,
+        bias="shared",
+        dtype=torch.float32,
+    )
     if zero == "ignored":
         case.target[:] = -100
     elif zero == "weights":
         case.row_weight = torch.zeros(5)
     hidden, weight, bias = case.inputs()
-    loss = hail_ext.med_loss(hidden, weight, case.target, bias=bias, row_weight=case.row_weight,
-                             reduction=reduction, beta=0.5)
+    loss = hail_ext.med_loss(
+        hidden,
+        weight,
+        case.target,
+        bias=bias,
+        row_weight=case.row_weight,
+        reduction=reduction,
+        beta=0.5,
+    )
     assert torch.all(loss == 0)
     loss.sum().backward()
     for t in (hidden, weight, bias):
@@ -116,13 +151,15 @@ def test_inputs_without_requires_grad_get_no_grad():
 
 def test_stats_for_logging():
     case = make_case(3, num_rows=50, ignored=5, weights=True, seed=4)
-    loss, stats = hail_ext.med_loss_with_stats(case.hidden, case.item_weight, case.target,
-                                               row_weight=case.row_weight, beta=0.2)
+    loss, stats = hail_ext.med_loss_with_stats(
+        case.hidden, case.item_weight, case.target, row_weight=case.row_weight, beta=0.2
+    )
     torch.testing.assert_close(loss, call(hail_ext.med_loss, case, beta=0.2))
     valid = (case.target != -100) & (case.row_weight > 0)
     logits = case.hidden @ case.item_weight.T
-    ce = torch.logsumexp(logits, -1) - logits.gather(2, case.target.clamp_min(0).expand(3, -1)
-                                                     .unsqueeze(-1)).squeeze(-1)
+    ce = torch.logsumexp(logits, -1) - logits.gather(
+        2, case.target.clamp_min(0).expand(3, -1).unsqueeze(-1)
+    ).squeeze(-1)
     w = case.row_weight * valid
     torch.testing.assert_close(stats.ce, (ce * w).sum(-1) / w.sum())
     assert stats.ce.shape == stats.med.shape == (3,) and not stats.ce.requires_grad

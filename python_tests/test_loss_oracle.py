@@ -53,8 +53,9 @@ def test_non_unit_upstream_gradient(tiling):
     upstream = torch.randn(3, 37, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert_close_to_reference(case, None, 1e-10, upstream=upstream, reduction="none")
     for reduction in ("mean", "sum"):
-        assert_close_to_reference(case, None, 1e-10, upstream=torch.tensor(-2.5),
-                                  reduction=reduction)
+        assert_close_to_reference(
+            case, None, 1e-10, upstream=torch.tensor(-2.5), reduction=reduction
+        )
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096)])

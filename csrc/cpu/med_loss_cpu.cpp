@@ -10,10 +10,10 @@
 
 #include <algorithm>
 #include <array>
-#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -23,7 +23,7 @@
 namespace hail_ext::cpu {
 namespace {
 
-constexpr int64_t kMinBlockRows = 64;   // below this a block's products are too thin
+constexpr int64_t kMinBlockRows = 64;  // below this a block's products are too thin
 constexpr int64_t kMaxBlockRows = 1024;
 constexpr int64_t kTiledBlockRows = 256;
 
@@ -68,8 +68,7 @@ Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t e
 template <typename T>
 class MedCpu {
  public:
-  explicit MedCpu(const MedArgs& args)
-      : args_(args), kernels_(sweep_kernels<T>()) {
+  explicit MedCpu(const MedArgs& args) : args_(args), kernels_(sweep_kernels<T>()) {
     const auto acc = c10::CppTypeToScalarType<T>::value;
     hidden_ = args.hidden.to(acc).contiguous();
     weight_ = args.item_weight.to(acc).contiguous();
@@ -110,27 +109,31 @@ class MedCpu {
   // Sweep 2 over one block, for the rows flagged in `active`.
   void med_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active, T* med_sum,
                 T* s_rest, T* s_amax) {
-    for_each_tile(n0, nb, [&](const Tile<T>& tile) {
-      kernels_.med(tile, stats, med_sum, s_rest, s_amax);
-    }, active);
+    for_each_tile(
+        n0, nb, [&](const Tile<T>& tile) { kernels_.med(tile, stats, med_sum, s_rest, s_amax); },
+        active);
   }
 
   // Sweep 3 over one block, and the two gradient products of each tile.
   void grad_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active,
                  const T* coef_a, const T* coef_b, const T* s_rest, const T* s_amax,
                  MedGrads& grads) {
-    for_each_tile(n0, nb, [&](const Tile<T>& tile) {
-      kernels_.grad(tile, stats, coef_a, coef_b, s_rest, s_amax);
-      for (int64_t k = 0; k < num_peers_; ++k) {
-        const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
-        grads.hidden[k].narrow(0, n0, nb).addmm_(dz, weight_tile(k, tile.item0, tile.cols));
-        weight_grad(grads, k).narrow(0, tile.item0, tile.cols)
-            .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
-        if (bias_.defined()) {
-          bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
-        }
-      }
-    }, active);
+    for_each_tile(
+        n0, nb,
+        [&](const Tile<T>& tile) {
+          kernels_.grad(tile, stats, coef_a, coef_b, s_rest, s_amax);
+          for (int64_t k = 0; k < num_peers_; ++k) {
+            const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
+            grads.hidden[k].narrow(0, n0, nb).addmm_(dz, weight_tile(k, tile.item0, tile.cols));
+            weight_grad(grads, k)
+                .narrow(0, tile.item0, tile.cols)
+                .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
+            if (bias_.defined()) {
+              bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
+            }
+          }
+        },
+        active);
     cached_ = {-1, -1};  // the workspace now holds dz
   }
 
@@ -180,8 +183,8 @@ class MedCpu {
     for (int64_t v0 = 0; v0 < num_items_; v0 += plan_.tile_items) {
       const int64_t vt = std::min(plan_.tile_items, num_items_ - v0);
       if (cached_[0] != n0 || cached_[1] != v0) fill(n0, nb, v0, vt);
-      Tile<T> tile{workspace_.data_ptr<T>(), num_peers_, nb, vt, n0, v0, num_rows_,
-                   target(), active};
+      Tile<T> tile{
+          workspace_.data_ptr<T>(), num_peers_, nb, vt, n0, v0, num_rows_, target(), active};
       fn(tile);
     }
   }
@@ -236,9 +239,8 @@ T* ptr(const at::Tensor& t) {
 
 template <typename T>
 RowStats<T> row_stats(const at::Tensor& saved, const at::Tensor& amax, double gamma) {
-  return {ptr<T>(saved[kMax]), ptr<T>(saved[kLogNorm]), amax.data_ptr<int64_t>(),
-          ptr<T>(saved[kLog1mpAmax]),
-          ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
+  return {ptr<T>(saved[kMax]),        ptr<T>(saved[kLogNorm]),   amax.data_ptr<int64_t>(),
+          ptr<T>(saved[kLog1mpAmax]), ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
 }
 
 template <typename T>
@@ -270,8 +272,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   const bool two_phase = std::floor(args.beta * static_cast<double>(n_valid)) >= 1.0;
   if (two_phase) {
     med.for_each_block(lse_block);
-    kept = keep_mask(cross_entropy(max, saved[kLogNorm], target_logit), med.valid_rows(),
-                     args.beta);
+    kept =
+        keep_mask(cross_entropy(max, saved[kLogNorm], target_logit), med.valid_rows(), args.beta);
   }
 
   MedGrads grads;
@@ -291,15 +293,13 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
     RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
                    slice(terms.coef_a, n0, nb)};
     row_terms(slice(max, n0, nb), slice(saved[kLogNorm], n0, nb), slice(target_logit, n0, nb),
-              slice(amax, n0, nb),
-              slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
+              slice(amax, n0, nb), slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
               slice(med.targets(), n0, nb), slice(med.row_weights(), n0, nb),
-              slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma,
-              block);
+              slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma, block);
     if (compute_grad) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
-      auto [coef_a, coef_b] = grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA],
-                                         num_peers, args.alpha);
+      auto [coef_a, coef_b] =
+          grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA], num_peers, args.alpha);
       med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
                     ptr<T>(saved[kSRest]), ptr<T>(saved[kSAmax]), grads);
     }
@@ -310,6 +310,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
                    : std::make_tuple(at::empty({0}, args.hidden.options()),
                                      at::empty({0}, args.hidden.options()),
                                      at::empty({0}, args.hidden.options()));
+  // Rows without loss never had their state set: give them zeros rather than -inf and NaN.
+  saved.masked_fill_(med.valid_rows().logical_not(), 0.0);
   const at::Tensor loss = std::get<0>(reduce_rows(terms.rows, med.row_weights(), args.reduction));
   return {loss, terms.ce, terms.med, kept, saved, amax, grad_hidden, grad_weight, grad_bias};
 }
@@ -343,8 +345,8 @@ MedForward med_forward_cpu(const at::Tensor& hidden, const at::Tensor& item_weig
                            double alpha, double gamma, double beta, int64_t reduction,
                            bool compute_grad) {
   check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, beta, reduction);
-  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
-                     alpha, gamma, beta, reduction};
+  const MedArgs args{hidden,       item_weight, target, bias, row_weight,
+                     ignore_index, alpha,       gamma,  beta, reduction};
   compute_grad = compute_grad && reduction != kReductionNone;
   return use_double(hidden) ? forward_impl<double>(args, compute_grad)
                             : forward_impl<float>(args, compute_grad);
@@ -354,11 +356,11 @@ MedBackward med_backward_cpu(const at::Tensor& grad_rows, const at::Tensor& hidd
                              const at::Tensor& item_weight, const at::Tensor& target,
                              const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& row_weight, const at::Tensor& kept,
-                             const at::Tensor& saved, const at::Tensor& amax,
-                             int64_t ignore_index, double alpha, double gamma) {
+                             const at::Tensor& saved, const at::Tensor& amax, int64_t ignore_index,
+                             double alpha, double gamma) {
   check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, 0.0, kReductionNone);
-  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
-                     alpha, gamma, 0.0, kReductionNone};
+  const MedArgs args{hidden,       item_weight, target, bias, row_weight,
+                     ignore_index, alpha,       gamma,  0.0,  kReductionNone};
   return use_double(hidden) ? backward_impl<double>(grad_rows, args, kept, saved, amax)
                             : backward_impl<float>(grad_rows, args, kept, saved, amax);
 }

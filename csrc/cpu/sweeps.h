@@ -13,13 +13,13 @@ namespace hail_ext::cpu {
 
 template <typename T>
 struct Tile {
-  T* logits;             // [K, rows, cols], contiguous
-  int64_t num_peers;     // K
-  int64_t rows, cols;    // extent of this block and tile
-  int64_t row0, item0;   // global index of the first row and the first item
-  int64_t num_rows;      // N, the stride of the [K, N] state arrays
-  const int64_t* target; // [N]
-  const bool* active;    // [N]: rows that carry loss; the others are skipped (grad zeroed)
+  T* logits;              // [K, rows, cols], contiguous
+  int64_t num_peers;      // K
+  int64_t rows, cols;     // extent of this block and tile
+  int64_t row0, item0;    // global index of the first row and the first item
+  int64_t num_rows;       // N, the stride of the [K, N] state arrays
+  const int64_t* target;  // [N]
+  const bool* active;     // [N]: rows that carry loss; the others are skipped (grad zeroed)
 };
 
 // Running log-sum-exp of every (peer, row), kept as the largest logit `max` at item `amax`
@@ -27,10 +27,10 @@ struct Tile {
 // the arg-max item apart gives log(1 - p) of the most likely item to full precision.
 template <typename T>
 struct LseState {
-  T* max;            // [K, N], start at -inf
-  T* rest;           // [K, N], start at 0
-  int64_t* amax;     // [K, N], start at -1
-  T* target_logit;   // [K, N]
+  T* max;           // [K, N], start at -inf
+  T* rest;          // [K, N], start at 0
+  int64_t* amax;    // [K, N], start at -1
+  T* target_logit;  // [K, N]
 };
 
 // Per-(peer, row) results of the first sweep that the later sweeps read. The log-sum-exp is kept

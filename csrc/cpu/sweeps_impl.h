@@ -148,8 +148,7 @@ void lse_tile(const Tile<T>& tile, const LseState<T>& state) {
 // ---- sweep 2: the peers' sums S and MED ----------------------------------------------------
 
 template <typename T>
-void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_rest,
-              T* s_amax) {
+void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_rest, T* s_amax) {
   using Vec = Vectorized<T>;
   const int64_t num_peers = tile.num_peers;
   const T inv_others = T(1) / T(num_peers - 1);
@@ -185,9 +184,8 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
         }
       };
       special_items(tile, stats.amax, n, /*with_amax=*/true, specials);
-      for_each_gap<T>(specials, tile.cols, [&](int64_t begin, int64_t end) {
-        for_each_vector<T>(begin, end, body);
-      });
+      for_each_gap<T>(specials, tile.cols,
+                      [&](int64_t begin, int64_t end) { for_each_vector<T>(begin, end, body); });
 
       for (int64_t k = 0; k < num_peers; ++k) {
         const int64_t s = k * tile.num_rows + n;
@@ -227,8 +225,8 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
 template <typename T>
 void grad_special(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
                   const T* s_rest, const T* s_amax, int64_t n, int64_t v, T inv_others,
-                  bool with_peers,
-                  const std::vector<T>& us, std::vector<T>& qgs, std::vector<T>& dz) {
+                  bool with_peers, const std::vector<T>& us, std::vector<T>& qgs,
+                  std::vector<T>& dz) {
   const int64_t num_peers = tile.num_peers;
   const bool is_target = tile.item0 + v == tile.target[n];
   for (int64_t j = 0; j < num_peers; ++j) qgs[j] = std::exp(stats.gamma * us[j]);
@@ -316,21 +314,19 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
         for (int64_t k = 0; k < num_peers; ++k) row_of(tile, k, r)[specials[i]] = ps[k];
       }
       // The vector loops never touch the special items, so their dz, written above, stays.
-      for_each_gap<T>(specials, tile.cols, [&](int64_t begin, int64_t end) {
-        for_each_vector<T>(begin, end, body);
-      });
+      for_each_gap<T>(specials, tile.cols,
+                      [&](int64_t begin, int64_t end) { for_each_vector<T>(begin, end, body); });
     }
   });
 }
 
 // One table per instruction set; HAIL_SWEEP_TABLE names its accessor.
-#define HAIL_DEFINE_SWEEP_TABLE(accessor, isa_name)                                       \
-  const SweepTable& accessor##_ref() {                                                     \
-    static const SweepTable table{                                                        \
-        isa_name,                                                                         \
-        {&lse_tile<float>, &med_tile<float>, &grad_tile<float>},                          \
-        {&lse_tile<double>, &med_tile<double>, &grad_tile<double>}};                      \
-    return table;                                                                         \
+#define HAIL_DEFINE_SWEEP_TABLE(accessor, isa_name)                                            \
+  const SweepTable& accessor##_ref() {                                                         \
+    static const SweepTable table{isa_name,                                                    \
+                                  {&lse_tile<float>, &med_tile<float>, &grad_tile<float>},     \
+                                  {&lse_tile<double>, &med_tile<double>, &grad_tile<double>}}; \
+    return table;                                                                              \
   }
 
 }  // namespace CPU_CAPABILITY
