@@ -1,0 +1,34 @@
+"""Data-parallel training under `torchrun`: gloo on the CPU, NCCL on CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup(device: str) -> tuple:
+    """(rank, world size, device) of this process; starts the process group when `torchrun`
+    launched several processes and none is running yet."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device)
+    kind = torch.device(device).type
+    if kind == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device(device)
+
+
+def teardown(started_here: bool) -> None:
+    if started_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
