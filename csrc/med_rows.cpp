@@ -47,7 +47,8 @@ void row_terms(const at::Tensor& max, const at::Tensor& log_norm, const at::Tens
   if (num_peers == 1) {
     out.rows.copy_(at::where(active, weight * ce, zero));
     out.med.zero_();
-    out.coef_a.fill_(1.0);
+    // Not a constant 1: a NaN row (non-finite input) must give NaN gradients, not finite ones.
+    out.coef_a.copy_(at::where(at::isnan(ce), ce, at::ones_like(ce)));
     return;
   }
 

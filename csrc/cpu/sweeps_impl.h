@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "sweeps.h"
@@ -39,6 +40,18 @@ void for_each_vector(int64_t begin, int64_t end, Body&& body) {
   int64_t v = begin;
   for (; v + width <= end; v += width) body(v, width);
   if (v < end) body(v, end - v);
+}
+
+// exp of arguments <= 0 (log-probabilities): at::vec's 20-ulp polynomial for float, which is
+// several times cheaper than the 1-ulp SLEEF call and well inside float32's tolerance here;
+// full precision for double. Callers keep NaN out of its arguments (the row max propagates it).
+template <typename T>
+Vectorized<T> exp_neg(const Vectorized<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
 }
 
 // Lanes past `count` hold padding; zero their contribution.
@@ -89,6 +102,28 @@ void load_norms(const Tile<T>& tile, const RowStats<T>& stats, int64_t n, std::v
   }
 }
 
+// Every peer's p(v) into q and p(v)^gamma into qg, for the chunk of items [v, v + count).
+template <typename T>
+void probabilities(const Tile<T>& tile, int64_t r, int64_t v, int64_t count,
+                   const std::vector<T>& max, const std::vector<T>& norm, T gamma, bool gamma_one,
+                   std::vector<Vectorized<T>>& q, std::vector<Vectorized<T>>& qg) {
+  using Vec = Vectorized<T>;
+  for (int64_t j = 0; j < tile.num_peers; ++j) {
+    const Vec log_p = (Vec::loadu(row_of(tile, j, r) + v, count) - Vec(max[j])) - Vec(norm[j]);
+    q[j] = exp_neg(log_p);
+    qg[j] = gamma_one ? q[j] : exp_neg(log_p * Vec(gamma));
+  }
+}
+
+template <typename T>
+Vectorized<T> mean_of_others(const std::vector<Vectorized<T>>& qg, int64_t k, T inv_others) {
+  Vectorized<T> sum(T(0));
+  for (int64_t j = 0; j < static_cast<int64_t>(qg.size()); ++j) {
+    if (j != k) sum = sum + qg[j];
+  }
+  return sum * Vectorized<T>(inv_others);
+}
+
 // ---- sweep 1: running log-sum-exp --------------------------------------------------------
 
 template <typename T>
@@ -122,7 +157,7 @@ void lse_tile(const Tile<T>& tile, const LseState<T>& state) {
         Vec vsum(T(0));
         auto add_exp = [&](int64_t begin, int64_t end) {
           for_each_vector<T>(begin, end, [&](int64_t v, int64_t count) {
-            vsum = vsum + keep_lanes((Vec::loadu(z + v, count) - Vec(tile_max)).exp(), count);
+            vsum = vsum + keep_lanes(exp_neg(Vec::loadu(z + v, count) - Vec(tile_max)), count);
           });
         };
         add_exp(0, std::min(local_amax, tile.cols));
@@ -155,7 +190,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
   const bool gamma_one = stats.gamma == T(1);
 
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
-    std::vector<Vec> u(num_peers), qg(num_peers), med_acc(num_peers), s_acc(num_peers);
+    std::vector<Vec> q(num_peers), qg(num_peers), med_acc(num_peers), s_acc(num_peers);
     std::vector<T> us(num_peers), qgs(num_peers), max(num_peers), norm(num_peers);
     std::vector<int64_t> specials;
 
@@ -166,21 +201,18 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
       std::fill(med_acc.begin(), med_acc.end(), Vec(T(0)));
       std::fill(s_acc.begin(), s_acc.end(), Vec(T(0)));
 
+      // Off every arg-max item p <= 1/2, so w = 1 - p is exact to an ulp and no expm1 is needed;
+      // log(1 - p) = log(w) + (1 - p - w) / w keeps the digits of small p that w drops.
       auto body = [&](int64_t v, int64_t count) {
-        for (int64_t j = 0; j < num_peers; ++j) {
-          u[j] = (Vec::loadu(row_of(tile, j, r) + v, count) - Vec(max[j])) - Vec(norm[j]);
-          qg[j] = gamma_one ? u[j].exp() : (u[j] * Vec(stats.gamma)).exp();
-        }
+        probabilities(tile, r, v, count, max, norm, stats.gamma, gamma_one, q, qg);
         for (int64_t k = 0; k < num_peers; ++k) {
-          Vec c(T(0));
-          for (int64_t j = 0; j < num_peers; ++j) {
-            if (j != k) c = c + qg[j];
-          }
-          c = c * Vec(inv_others);
-          const Vec one_minus_p = Vec(T(0)) - u[k].expm1();  // >= 1/2 off the arg-max item
-          const Vec p = gamma_one ? qg[k] : u[k].exp();
-          med_acc[k] = med_acc[k] + keep_lanes(c * one_minus_p.log(), count);
-          s_acc[k] = s_acc[k] + keep_lanes(c * (p / one_minus_p), count);
+          const Vec c = mean_of_others(qg, k, inv_others);
+          const Vec p = q[k];
+          const Vec w = Vec(T(1)) - p;
+          const Vec inv_w = Vec(T(1)) / w;
+          const Vec log1mp = w.log() + ((Vec(T(1)) - w) - p) * inv_w;
+          med_acc[k] = med_acc[k] + keep_lanes(c * log1mp, count);
+          s_acc[k] = s_acc[k] + keep_lanes(c * p * inv_w, count);
         }
       };
       special_items(tile, stats.amax, n, /*with_amax=*/true, specials);
@@ -269,7 +301,7 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
   const bool with_peers = coef_b != nullptr && num_peers > 1;
 
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
-    std::vector<Vec> u(num_peers), qg(num_peers);
+    std::vector<Vec> q(num_peers), qg(num_peers);
     std::vector<T> us(num_peers), qgs(num_peers), ps(num_peers), max(num_peers), norm(num_peers);
     std::vector<int64_t> specials;
 
@@ -283,21 +315,14 @@ void grad_tile(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, c
 
       // All peers' values of a chunk are read before any is overwritten.
       auto body = [&](int64_t v, int64_t count) {
-        for (int64_t j = 0; j < num_peers; ++j) {
-          u[j] = (Vec::loadu(row_of(tile, j, r) + v, count) - Vec(max[j])) - Vec(norm[j]);
-          if (with_peers) qg[j] = gamma_one ? u[j].exp() : (u[j] * Vec(stats.gamma)).exp();
-        }
+        probabilities(tile, r, v, count, max, norm, stats.gamma, gamma_one || !with_peers, q, qg);
         for (int64_t k = 0; k < num_peers; ++k) {
           const int64_t s = k * tile.num_rows + n;
-          const Vec p = (with_peers && gamma_one) ? qg[k] : u[k].exp();
+          const Vec p = q[k];
           Vec dz = Vec(coef_a[s]) * p;
           if (with_peers) {
-            Vec c(T(0));
-            for (int64_t j = 0; j < num_peers; ++j) {
-              if (j != k) c = c + qg[j];
-            }
-            c = c * Vec(inv_others);
-            const Vec ratio = p / (Vec(T(0)) - u[k].expm1());
+            const Vec c = mean_of_others(qg, k, inv_others);
+            const Vec ratio = p / (Vec(T(1)) - p);  // p <= 1/2 off the arg-max items
             dz = dz + Vec(coef_b[s]) * (c * ratio - Vec(s_rest[s] + s_amax[s]) * p);
           }
           dz.store(row_of(tile, k, r) + v, count);

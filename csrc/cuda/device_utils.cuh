@@ -119,8 +119,8 @@ __device__ __forceinline__ LseAcc<T> lse_shfl_down(const LseAcc<T>& x, int offse
   LseAcc<T> y;
   y.max = __shfl_down_sync(0xffffffffu, x.max, offset);
   y.rest = __shfl_down_sync(0xffffffffu, x.rest, offset);
-  y.amax = static_cast<int64_t>(
-      __shfl_down_sync(0xffffffffu, static_cast<long long>(x.amax), offset));
+  y.amax =
+      static_cast<int64_t>(__shfl_down_sync(0xffffffffu, static_cast<long long>(x.amax), offset));
   return y;
 }
 

@@ -66,16 +66,15 @@ int64_t lse_scratch_bytes(const Tile<T>& tile) {
 }
 
 template <typename T>
-void lse_sweep(const Tile<T>& tile, const LseState<T>& state, void* scratch,
-               cudaStream_t stream) {
+void lse_sweep(const Tile<T>& tile, const LseState<T>& state, void* scratch, cudaStream_t stream) {
   if (tile.rows == 0 || tile.cols == 0) return;
   const Chunks chunks = split_items(tile.rows * tile.num_peers, tile.cols);
   auto* partials = static_cast<LseAcc<T>*>(scratch);
 
   const dim3 grid(static_cast<unsigned>(tile.rows), static_cast<unsigned>(chunks.count),
                   static_cast<unsigned>(tile.num_peers));
-  lse_partial_kernel<T><<<grid, kThreads, 0, stream>>>(tile, chunks.items, partials,
-                                                       state.target_logit);
+  lse_partial_kernel<T>
+      <<<grid, kThreads, 0, stream>>>(tile, chunks.items, partials, state.target_logit);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const int64_t pairs = tile.num_peers * tile.rows;
@@ -85,8 +84,7 @@ void lse_sweep(const Tile<T>& tile, const LseState<T>& state, void* scratch,
 }
 
 template void lse_sweep<float>(const Tile<float>&, const LseState<float>&, void*, cudaStream_t);
-template void lse_sweep<double>(const Tile<double>&, const LseState<double>&, void*,
-                                cudaStream_t);
+template void lse_sweep<double>(const Tile<double>&, const LseState<double>&, void*, cudaStream_t);
 template int64_t lse_scratch_bytes<float>(const Tile<float>&);
 template int64_t lse_scratch_bytes<double>(const Tile<double>&);
 

@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
@@ -31,6 +32,9 @@ constexpr int64_t kMaxBlockRows = 4096;
 constexpr int64_t kTiledBlockRows = 512;
 constexpr int64_t kTileAlign = 128;
 constexpr int64_t kProductRows = 8192;  // rows of one float32 partial gradient product
+// float16 dz is scaled so that its bound |coef_a| + 4 |coef_b| lands near this power of two: dz of
+// a mean over many rows would otherwise sink into float16's subnormals.
+constexpr double kHalfDzTarget = 1024.0;
 
 int64_t workspace_bytes() {
   const char* env = std::getenv("HAIL_WORKSPACE_MB");
@@ -44,8 +48,23 @@ struct Plan {
   int64_t tile_items;
 };
 
+// HAIL_TILE_SHAPE="rows,items" forces the plan, as on the CPU; the tests use it to reach every
+// tiling path.
+bool forced_plan(int64_t num_rows, int64_t num_items, Plan& plan) {
+  const char* env = std::getenv("HAIL_TILE_SHAPE");
+  if (env == nullptr) return false;
+  long long rows = 0, items = 0;
+  TORCH_CHECK_VALUE(std::sscanf(env, "%lld,%lld", &rows, &items) == 2 && rows > 0 && items > 0,
+                    "HAIL_TILE_SHAPE must be 'rows,items' with both > 0, got '", env, "'");
+  plan = {std::min<int64_t>(rows, std::max<int64_t>(num_rows, 1)),
+          std::min<int64_t>(items, num_items)};
+  return true;
+}
+
 // The whole catalogue per tile when enough rows fit the workspace, else tiles of items.
 Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t elt) {
+  Plan forced{};
+  if (forced_plan(num_rows, num_items, forced)) return forced;
   const int64_t budget = workspace_bytes();
   const int64_t rows_cap = std::max<int64_t>(num_rows, 1);
   const int64_t rows = budget / (num_peers * num_items * elt);
@@ -78,7 +97,8 @@ template <typename T>
 class MedCuda {
  public:
   explicit MedCuda(const MedArgs& args)
-      : args_(args), acc_(c10::CppTypeToScalarType<T>::value),
+      : args_(args),
+        acc_(c10::CppTypeToScalarType<T>::value),
         stream_(at::cuda::getCurrentCUDAStream()) {
     hidden_ = args.hidden.contiguous();
     weight_ = args.item_weight.contiguous();
@@ -125,17 +145,22 @@ class MedCuda {
 
   // Sweep 2 over one block, for the rows flagged in `active`.
   void med_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active, T* med_sum,
-                T* s_sum) {
+                T* s_rest, T* s_amax) {
     for_each_tile(n0, nb, active, [&](const Tile<T>& tile) {
-      med_sweep(tile, stats, med_sum, s_sum, scratch(med_scratch_bytes(tile)), stream_);
+      med_sweep(tile, stats, med_sum, s_rest, s_amax, scratch(med_scratch_bytes(tile)), stream_);
     });
   }
 
-  // Sweep 3 over one block, and the two gradient products of each tile.
+  // Sweep 3 over one block, and the two gradient products of each tile. coef_a and coef_b are
+  // [K, N] (coef_b undefined without the peers' term).
   void grad_pass(int64_t n0, int64_t nb, const RowStats<T>& stats, const bool* active,
-                 const T* coef_a, const T* coef_b, const T* s_sum, MedGrads& grads) {
+                 const at::Tensor& coef_a, const at::Tensor& coef_b, const T* s_rest,
+                 const T* s_amax, MedGrads& grads) {
+    set_dz_scale(coef_a.narrow(1, n0, nb), coef_b.defined() ? coef_b.narrow(1, n0, nb) : coef_b);
+    const T* a = coef_a.data_ptr<T>();
+    const T* b = coef_b.defined() ? coef_b.data_ptr<T>() : nullptr;
     for_each_tile(n0, nb, active, [&](const Tile<T>& tile) {
-      write_dz(tile, stats, coef_a, coef_b, s_sum);
+      write_dz(tile, stats, a, b, s_rest, s_amax);
       for (int64_t k = 0; k < num_peers_; ++k) {
         const at::Tensor dz = dz_view(k, nb, tile.cols);  // [nb, cols]
         const at::Tensor w = weight_tile(k, tile.item0, tile.cols);
@@ -150,7 +175,9 @@ class MedCuda {
           grad_w.addmm_(dz.t(), h);
         }
         if (bias_.defined()) {
-          bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(at::sum(dz, {0}, false, acc_));
+          at::Tensor dz_sum = at::sum(dz, {0}, false, acc_);
+          if (dz_unscale_.defined()) dz_sum.mul_(dz_unscale_);
+          bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz_sum);
         }
       }
     });
@@ -180,9 +207,9 @@ class MedCuda {
     const int64_t none = std::numeric_limits<int64_t>::max();
     at::Tensor facts = at::full({3}, none, opts().dtype(at::kLong));
     facts.narrow(0, 2, 1).zero_();
-    read_rows<T>(target_.data_ptr<int64_t>(), rw.defined() ? rw.data_ptr<T>() : nullptr,
-                 num_rows_, num_items_, args_.ignore_index, row_weight_.data_ptr<T>(),
-                 valid_.data_ptr<bool>(), facts.data_ptr<int64_t>(), stream_);
+    read_rows<T>(target_.data_ptr<int64_t>(), rw.defined() ? rw.data_ptr<T>() : nullptr, num_rows_,
+                 num_items_, args_.ignore_index, row_weight_.data_ptr<T>(), valid_.data_ptr<bool>(),
+                 facts.data_ptr<int64_t>(), stream_);
 
     const at::Tensor host = facts.cpu();
     const int64_t bad_target = host[0].item<int64_t>(), bad_weight = host[1].item<int64_t>();
@@ -192,8 +219,8 @@ class MedCuda {
                         " is outside [0, ", num_items_, ") and is not ignore_index (",
                         args_.ignore_index, ")");
     }
-    TORCH_CHECK_VALUE(bad_weight >= num_rows_, "row_weight[", bad_weight, "] = ",
-                      bad_weight < num_rows_ ? rw[bad_weight].item<double>() : 0.0,
+    TORCH_CHECK_VALUE(bad_weight >= num_rows_, "row_weight[", bad_weight,
+                      "] = ", bad_weight < num_rows_ ? rw[bad_weight].item<double>() : 0.0,
                       "; weights must be finite and >= 0");
   }
 
@@ -209,7 +236,7 @@ class MedCuda {
     for (int64_t v0 = 0; v0 < num_items_; v0 += plan_.tile_items) {
       const int64_t vt = std::min(plan_.tile_items, num_items_ - v0);
       if (cached_[0] != n0 || cached_[1] != v0) fill(n0, nb, v0, vt);
-      const Tile<T> tile{workspace_.data_ptr<T>(), num_peers_, nb, vt, n0, v0, num_rows_,
+      const Tile<T> tile{workspace_.data_ptr<T>(),    num_peers_, nb, vt, n0, v0, num_rows_,
                          target_.data_ptr<int64_t>(), active};
       fn(tile);
     }
@@ -237,20 +264,33 @@ class MedCuda {
     cached_ = single ? std::array<int64_t, 2>{n0, v0} : std::array<int64_t, 2>{-1, -1};
   }
 
+  // float16 only: a power of two for dz from a bound on it (see kHalfDzTarget), kept on the
+  // device so that no synchronisation is needed; dz_unscale_ undoes it in the products.
+  void set_dz_scale(const at::Tensor& coef_a, const at::Tensor& coef_b) {
+    if (!half_ || dz_half_.scalar_type() != at::kHalf) return;
+    at::Tensor bound = coef_a.abs().amax();
+    if (coef_b.defined()) bound = at::maximum(bound, (coef_a.abs() + 4.0 * coef_b.abs()).amax());
+    const at::Tensor exponent = at::floor(at::log2(kHalfDzTarget / bound.clamp_min(1e-30)));
+    dz_scale_ = at::exp2(exponent.clamp(-60.0, 60.0));
+    dz_unscale_ = at::reciprocal(dz_scale_);
+  }
+
   void write_dz(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
-                const T* s_sum) {
+                const T* s_rest, const T* s_amax) {
     if constexpr (std::is_same_v<T, float>) {
       if (half_ && dz_half_.scalar_type() == at::kBFloat16) {
-        grad_sweep(tile, stats, coef_a, coef_b, s_sum, dz_half_.data_ptr<c10::BFloat16>(),
-                   stream_);
+        grad_sweep(tile, stats, coef_a, coef_b, s_rest, s_amax, static_cast<const T*>(nullptr),
+                   dz_half_.data_ptr<c10::BFloat16>(), stream_);
         return;
       }
       if (half_) {
-        grad_sweep(tile, stats, coef_a, coef_b, s_sum, dz_half_.data_ptr<c10::Half>(), stream_);
+        grad_sweep(tile, stats, coef_a, coef_b, s_rest, s_amax, dz_scale_.data_ptr<T>(),
+                   dz_half_.data_ptr<c10::Half>(), stream_);
         return;
       }
     }
-    grad_sweep(tile, stats, coef_a, coef_b, s_sum, workspace_.data_ptr<T>(), stream_);
+    grad_sweep(tile, stats, coef_a, coef_b, s_rest, s_amax, static_cast<const T*>(nullptr),
+               workspace_.data_ptr<T>(), stream_);
   }
 
   at::Tensor dz_view(int64_t k, int64_t nb, int64_t vt) const {
@@ -267,6 +307,7 @@ class MedCuda {
       const int64_t mi = std::min(kProductRows, m - i0);
       at::Tensor part = product_.narrow(0, 0, mi);
       product_into(part, a.narrow(0, i0, mi), b);
+      if (dz_unscale_.defined()) part.mul_(dz_unscale_);
       out.narrow(0, i0, mi).add_(part);
     }
   }
@@ -288,7 +329,7 @@ class MedCuda {
   const cudaStream_t stream_;
   bool half_ = false;
   at::Tensor hidden_, weight_, bias_, target_, row_weight_, valid_;
-  at::Tensor workspace_, dz_half_, scratch_, product_;
+  at::Tensor workspace_, dz_half_, scratch_, product_, dz_scale_, dz_unscale_;
   int64_t num_peers_ = 0, num_rows_ = 0, num_items_ = 0, valid_count_ = 0;
   Plan plan_{};
   std::array<int64_t, 2> cached_{-1, -1};
@@ -301,8 +342,8 @@ T* ptr(const at::Tensor& t) {
 
 template <typename T>
 RowStats<T> row_stats(const at::Tensor& saved, const at::Tensor& amax, double gamma) {
-  return {ptr<T>(saved[kLse]), amax.data_ptr<int64_t>(), ptr<T>(saved[kLog1mpAmax]),
-          ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
+  return {ptr<T>(saved[kMax]),        ptr<T>(saved[kLogNorm]),   amax.data_ptr<int64_t>(),
+          ptr<T>(saved[kLog1mpAmax]), ptr<T>(saved[kRatioAmax]), static_cast<T>(gamma)};
 }
 
 at::Tensor slice(const at::Tensor& t, int64_t n0, int64_t nb) { return t.narrow(-1, n0, nb); }
@@ -313,18 +354,19 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   const int64_t num_peers = med.peers();
   const T inf = std::numeric_limits<T>::infinity();
 
-  at::Tensor max = med.new_state(-inf), rest = med.new_state(0), target_logit = med.new_state(0);
+  at::Tensor saved = at::zeros({kNumSaved, num_peers, med.rows()}, med.opts());
+  at::Tensor max = saved[kMax].fill_(-inf);
+  at::Tensor rest = med.new_state(0), target_logit = med.new_state(0);
   at::Tensor amax = at::full({num_peers, med.rows()}, -1, med.opts().dtype(at::kLong));
   const LseState<T> lse_state{ptr<T>(max), ptr<T>(rest), amax.data_ptr<int64_t>(),
                               ptr<T>(target_logit)};
-  at::Tensor saved = at::zeros({kNumSaved, num_peers, med.rows()}, med.opts());
   RowTerms terms{med.new_state(0), med.new_state(0), med.new_state(0), saved[kCoefA]};
   at::Tensor med_sum = med.new_state(0);
   const RowStats<T> stats = row_stats<T>(saved, amax, args.gamma);
 
   auto lse_block = [&](int64_t n0, int64_t nb) {
     med.lse_pass(n0, nb, lse_state);
-    finish_lse(slice(max, n0, nb), slice(rest, n0, nb), slice(saved[kLse], n0, nb),
+    finish_lse(slice(rest, n0, nb), slice(saved[kLogNorm], n0, nb),
                slice(saved[kLog1mpAmax], n0, nb), slice(saved[kRatioAmax], n0, nb));
   };
 
@@ -334,7 +376,8 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   const bool two_phase = std::floor(args.beta * n_valid) >= 1.0;
   if (two_phase) {
     med.for_each_block(lse_block);
-    kept = keep_mask(saved[kLse] - target_logit, med.valid_rows(), args.beta);
+    kept =
+        keep_mask(cross_entropy(max, saved[kLogNorm], target_logit), med.valid_rows(), args.beta);
   }
 
   MedGrads grads;
@@ -348,27 +391,29 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   med.for_each_block([&](int64_t n0, int64_t nb) {
     if (!two_phase) lse_block(n0, nb);
     if (num_peers > 1) {
-      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSSum]));
+      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSRest]),
+                   ptr<T>(saved[kSAmax]));
     }
     RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
                    slice(terms.coef_a, n0, nb)};
-    row_terms(slice(saved[kLse], n0, nb), slice(target_logit, n0, nb), slice(amax, n0, nb),
-              slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
+    row_terms(slice(max, n0, nb), slice(saved[kLogNorm], n0, nb), slice(target_logit, n0, nb),
+              slice(amax, n0, nb), slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
               slice(med.targets(), n0, nb), slice(med.row_weights(), n0, nb),
-              slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma,
-              block);
+              slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma, block);
     if (compute_grad) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
-      auto [coef_a, coef_b] = grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA],
-                                         num_peers, args.alpha);
-      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
-                    ptr<T>(saved[kSSum]), grads);
+      auto [coef_a, coef_b] =
+          grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA], num_peers, args.alpha);
+      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), coef_a, coef_b, ptr<T>(saved[kSRest]),
+                    ptr<T>(saved[kSAmax]), grads);
     }
   });
 
   const at::Tensor none = at::empty({0}, args.hidden.options());
   auto [grad_hidden, grad_weight, grad_bias] =
       compute_grad ? med.finish_grads(grads) : std::make_tuple(none, none, none);
+  // Rows without loss never had their state set: give them zeros rather than -inf and NaN.
+  saved.masked_fill_(med.valid_rows().logical_not(), 0.0);
   const at::Tensor loss = std::get<0>(reduce_rows(terms.rows, med.row_weights(), args.reduction));
   return {loss, terms.ce, terms.med, kept, saved, amax, grad_hidden, grad_weight, grad_bias};
 }
@@ -386,8 +431,8 @@ MedBackward backward_impl(const at::Tensor& grad_rows, const MedArgs& args, cons
                                      saved[kCoefA], med.peers(), args.alpha);
   MedGrads grads = med.new_grads();
   med.for_each_block([&](int64_t n0, int64_t nb) {
-    med.grad_pass(n0, nb, stats, active.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
-                  ptr<T>(saved[kSSum]), grads);
+    med.grad_pass(n0, nb, stats, active.data_ptr<bool>(), coef_a, coef_b, ptr<T>(saved[kSRest]),
+                  ptr<T>(saved[kSAmax]), grads);
   });
   return med.finish_grads(grads);
 }
@@ -410,8 +455,8 @@ MedForward med_forward_cuda(const at::Tensor& hidden, const at::Tensor& item_wei
   check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, beta, reduction);
   check_cuda_args(hidden);
   const c10::cuda::CUDAGuard guard(hidden.device());
-  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
-                     alpha, gamma, beta, reduction};
+  const MedArgs args{hidden,       item_weight, target, bias, row_weight,
+                     ignore_index, alpha,       gamma,  beta, reduction};
   compute_grad = compute_grad && reduction != kReductionNone;
   return use_double(hidden) ? forward_impl<double>(args, compute_grad)
                             : forward_impl<float>(args, compute_grad);
@@ -421,13 +466,13 @@ MedBackward med_backward_cuda(const at::Tensor& grad_rows, const at::Tensor& hid
                               const at::Tensor& item_weight, const at::Tensor& target,
                               const std::optional<at::Tensor>& bias,
                               const std::optional<at::Tensor>& row_weight, const at::Tensor& kept,
-                              const at::Tensor& saved, const at::Tensor& amax,
-                              int64_t ignore_index, double alpha, double gamma) {
+                              const at::Tensor& saved, const at::Tensor& amax, int64_t ignore_index,
+                              double alpha, double gamma) {
   check_args(hidden, item_weight, target, bias, row_weight, alpha, gamma, 0.0, kReductionNone);
   check_cuda_args(hidden);
   const c10::cuda::CUDAGuard guard(hidden.device());
-  const MedArgs args{hidden, item_weight, target, bias, row_weight, ignore_index,
-                     alpha, gamma, 0.0, kReductionNone};
+  const MedArgs args{hidden,       item_weight, target, bias, row_weight,
+                     ignore_index, alpha,       gamma,  0.0,  kReductionNone};
   return use_double(hidden) ? backward_impl<double>(grad_rows, args, kept, saved, amax)
                             : backward_impl<float>(grad_rows, args, kept, saved, amax);
 }

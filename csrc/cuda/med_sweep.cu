@@ -6,7 +6,8 @@
 // Bound, the next of 2, 4, 8, 16); the block reduces them and thread 0 writes one partial per
 // chunk. A second kernel, one thread per (peer, row), adds the chunks in order to the [K, N]
 // sums. The target item (c = 0) is skipped; at a peer's arg-max item, where 1 - p may have no
-// digits left, log(1 - p) and p / (1 - p) come from the first sweep's exact values.
+// digits left, log(1 - p) and p / (1 - p) come from the first sweep's exact values, and that
+// item's term of S goes to s_amax, written directly by the one thread that meets it.
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
@@ -18,7 +19,7 @@ namespace {
 
 template <typename T, int Bound>
 __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chunk_items,
-                                   T* partials) {
+                                   T* partials, T* s_amax) {
   __shared__ T smem[kThreads / kWarp];
   const int64_t r = blockIdx.x, chunk = blockIdx.y;
   const int64_t n = tile.row0 + r;
@@ -32,7 +33,7 @@ __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chun
   const int64_t t_local = tile.target[n] - tile.item0;
 
   const T* z[Bound];
-  T lse[Bound], med_acc[Bound], s_acc[Bound];
+  T max[Bound], log_norm[Bound], med_acc[Bound], s_acc[Bound];
   int64_t amax_local[Bound];
 #pragma unroll
   for (int j = 0; j < Bound; ++j) {
@@ -40,7 +41,8 @@ __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chun
     s_acc[j] = T(0);
     if (j < num_peers) {
       z[j] = tile.logits + (j * tile.rows + r) * tile.cols;
-      lse[j] = stats.lse[j * tile.num_rows + n];
+      max[j] = stats.max[j * tile.num_rows + n];
+      log_norm[j] = stats.log_norm[j * tile.num_rows + n];
       amax_local[j] = stats.amax[j * tile.num_rows + n] - tile.item0;
     }
   }
@@ -51,7 +53,7 @@ __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chun
 #pragma unroll
     for (int j = 0; j < Bound; ++j) {
       if (j < num_peers) {
-        u[j] = z[j][v] - lse[j];
+        u[j] = (z[j][v] - max[j]) - log_norm[j];
         qg[j] = exp_of(gamma_one ? u[j] : stats.gamma * u[j]);
       }
     }
@@ -62,18 +64,16 @@ __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chun
 #pragma unroll
       for (int j = 0; j < Bound; ++j) c += (j < num_peers && j != k) ? qg[j] : T(0);
       c *= inv_others;
-      if (c == T(0)) continue;  // keeps 0 * inf out at an arg-max item holding all the mass
-      T log1mp, ratio;
       if (v == amax_local[k]) {
-        log1mp = stats.log1mp_amax[k * tile.num_rows + n];
-        ratio = stats.ratio_amax[k * tile.num_rows + n];
+        if (!(c > T(0))) continue;  // keeps 0 * inf out when the item holds all the mass
+        const int64_t at = k * tile.num_rows + n;
+        med_acc[k] += c * stats.log1mp_amax[at];
+        s_amax[at] += c * stats.ratio_amax[at];  // the only thread of the launch at this item
       } else {
         const T one_minus_p = -expm1_of(u[k]);  // >= 1/2 off the arg-max item
-        log1mp = log_of(one_minus_p);
-        ratio = (gamma_one ? qg[k] : exp_of(u[k])) / one_minus_p;
+        med_acc[k] += c * log_of(one_minus_p);
+        s_acc[k] += c * (gamma_one ? qg[k] : exp_of(u[k])) / one_minus_p;
       }
-      med_acc[k] += c * log1mp;
-      s_acc[k] += c * ratio;
     }
   }
 
@@ -91,10 +91,10 @@ __global__ void med_partial_kernel(Tile<T> tile, RowStats<T> stats, int64_t chun
   }
 }
 
-// One thread per (peer, row): the chunks' partial sums, in order, into med_sum and s_sum.
+// One thread per (peer, row): the chunks' partial sums, in order, into med_sum and s_rest.
 template <typename T>
 __global__ void med_merge_kernel(Tile<T> tile, int64_t num_chunks, const T* partials, T* med_sum,
-                                 T* s_sum) {
+                                 T* s_rest) {
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t pairs = tile.num_peers * tile.rows;
   if (index >= pairs) return;
@@ -108,15 +108,15 @@ __global__ void med_merge_kernel(Tile<T> tile, int64_t num_chunks, const T* part
     s_total += partials[pairs * num_chunks + index * num_chunks + c];
   }
   med_sum[k * tile.num_rows + n] += med_total;
-  s_sum[k * tile.num_rows + n] += s_total;
+  s_rest[k * tile.num_rows + n] += s_total;
 }
 
 template <typename T, int Bound>
 void launch_partials(const Tile<T>& tile, const RowStats<T>& stats, const Chunks& chunks,
-                     T* partials, cudaStream_t stream) {
+                     T* partials, T* s_amax, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(tile.rows), static_cast<unsigned>(chunks.count));
-  med_partial_kernel<T, Bound><<<grid, kThreads, 0, stream>>>(tile, stats, chunks.items,
-                                                              partials);
+  med_partial_kernel<T, Bound>
+      <<<grid, kThreads, 0, stream>>>(tile, stats, chunks.items, partials, s_amax);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -129,7 +129,7 @@ int64_t med_scratch_bytes(const Tile<T>& tile) {
 }
 
 template <typename T>
-void med_sweep(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_sum,
+void med_sweep(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_rest, T* s_amax,
                void* scratch, cudaStream_t stream) {
   TORCH_CHECK(tile.num_peers >= 2 && tile.num_peers <= kMaxPeers,
               "med_sweep needs 2 <= K <= ", kMaxPeers, " peers, got ", tile.num_peers);
@@ -138,26 +138,26 @@ void med_sweep(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_s
   auto* partials = static_cast<T*>(scratch);
 
   if (tile.num_peers <= 2) {
-    launch_partials<T, 2>(tile, stats, chunks, partials, stream);
+    launch_partials<T, 2>(tile, stats, chunks, partials, s_amax, stream);
   } else if (tile.num_peers <= 4) {
-    launch_partials<T, 4>(tile, stats, chunks, partials, stream);
+    launch_partials<T, 4>(tile, stats, chunks, partials, s_amax, stream);
   } else if (tile.num_peers <= 8) {
-    launch_partials<T, 8>(tile, stats, chunks, partials, stream);
+    launch_partials<T, 8>(tile, stats, chunks, partials, s_amax, stream);
   } else {
-    launch_partials<T, 16>(tile, stats, chunks, partials, stream);
+    launch_partials<T, 16>(tile, stats, chunks, partials, s_amax, stream);
   }
 
   const int64_t pairs = tile.num_peers * tile.rows;
   const auto merge_blocks = static_cast<unsigned>(ceil_div(pairs, kThreads));
-  med_merge_kernel<T><<<merge_blocks, kThreads, 0, stream>>>(tile, chunks.count, partials,
-                                                             med_sum, s_sum);
+  med_merge_kernel<T>
+      <<<merge_blocks, kThreads, 0, stream>>>(tile, chunks.count, partials, med_sum, s_rest);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template void med_sweep<float>(const Tile<float>&, const RowStats<float>&, float*, float*, void*,
-                               cudaStream_t);
+template void med_sweep<float>(const Tile<float>&, const RowStats<float>&, float*, float*, float*,
+                               void*, cudaStream_t);
 template void med_sweep<double>(const Tile<double>&, const RowStats<double>&, double*, double*,
-                                void*, cudaStream_t);
+                                double*, void*, cudaStream_t);
 template int64_t med_scratch_bytes<float>(const Tile<float>&);
 template int64_t med_scratch_bytes<double>(const Tile<double>&);
 

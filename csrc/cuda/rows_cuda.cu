@@ -49,8 +49,7 @@ __global__ void read_rows_kernel(const int64_t* target, const T* row_weight, int
 
 template <typename T>
 void read_rows(const int64_t* target, const T* row_weight, int64_t num_rows, int64_t num_items,
-               int64_t ignore_index, T* weight, bool* valid, int64_t* facts,
-               cudaStream_t stream) {
+               int64_t ignore_index, T* weight, bool* valid, int64_t* facts, cudaStream_t stream) {
   if (num_rows == 0) return;
   const auto blocks = static_cast<unsigned>(std::min(ceil_div(num_rows, kThreads), kMaxRowBlocks));
   // facts holds non-negative int64 values, whose bits order the same as unsigned ones.
@@ -62,7 +61,7 @@ void read_rows(const int64_t* target, const T* row_weight, int64_t num_rows, int
 
 template void read_rows<float>(const int64_t*, const float*, int64_t, int64_t, int64_t, float*,
                                bool*, int64_t*, cudaStream_t);
-template void read_rows<double>(const int64_t*, const double*, int64_t, int64_t, int64_t,
-                                double*, bool*, int64_t*, cudaStream_t);
+template void read_rows<double>(const int64_t*, const double*, int64_t, int64_t, int64_t, double*,
+                                bool*, int64_t*, cudaStream_t);
 
 }  // namespace hail_ext::cuda

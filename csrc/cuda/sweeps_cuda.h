@@ -37,10 +37,12 @@ struct LseState {
   T* target_logit;  // [K, N]
 };
 
-// Per-(peer, row) results of the first sweep that the later sweeps read.
+// Per-(peer, row) results of the first sweep that the later sweeps read. The log-sum-exp is kept
+// as max + log_norm: log p(v) = (z(v) - max) - log_norm loses nothing for items near the max.
 template <typename T>
 struct RowStats {
-  const T* lse;          // [K, N]
+  const T* max;          // [K, N]
+  const T* log_norm;     // [K, N]: log1p(rest)
   const int64_t* amax;   // [K, N]
   const T* log1mp_amax;  // [K, N]: log(1 - p(amax))
   const T* ratio_amax;   // [K, N]: p(amax) / (1 - p(amax))
@@ -50,26 +52,29 @@ struct RowStats {
 // Sweep 1: fold the tile into the running (max, amax, rest) of the active rows and pick up the
 // target logit. `scratch` holds at least lse_scratch_bytes(tile) bytes of device memory.
 template <typename T>
-void lse_sweep(const Tile<T>& tile, const LseState<T>& state, void* scratch,
-               cudaStream_t stream);
+void lse_sweep(const Tile<T>& tile, const LseState<T>& state, void* scratch, cudaStream_t stream);
 template <typename T>
 int64_t lse_scratch_bytes(const Tile<T>& tile);
 
 // Sweep 2 (K >= 2): add sum over the tile's items v != target of c(v) log(1 - p(v)) to
-// `med_sum` and of c(v) p(v) / (1 - p(v)) to `s_sum`, both [K, N]. `scratch` holds at least
-// med_scratch_bytes(tile) bytes.
+// `med_sum`, and S = sum of c(v) p(v) / (1 - p(v)) split in two: the arg-max item's term to
+// `s_amax`, the others' to `s_rest` (all [K, N]). `scratch` holds at least med_scratch_bytes(tile)
+// bytes.
 template <typename T>
-void med_sweep(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_sum,
+void med_sweep(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_rest, T* s_amax,
                void* scratch, cudaStream_t stream);
 template <typename T>
 int64_t med_scratch_bytes(const Tile<T>& tile);
 
 // Sweep 3: dL/dz = coef_a (p - onehot) + coef_b (c p / (1 - p) - S p) into `dz` ([K, rows, cols],
-// of type Out: the accumulation type, or the half type the gradient products read); inactive
-// rows get 0. `dz` may alias tile.logits. coef_b null (K = 1 or alpha = 1) skips the peers' term.
+// of type Out: the accumulation type, or the half type the gradient products read), with
+// S = s_rest + s_amax; inactive rows get 0. `dz` may alias tile.logits. coef_b null (K = 1 or
+// alpha = 1) skips the peers' term. At the arg-max item the peers' term is p (c - s_rest), as on
+// the CPU: when that item holds almost all the mass, c p / (1 - p) and S would cancel. A non-null
+// `dz_scale` (a device scalar) multiplies dz before it is rounded to Out, to keep float16's range.
 template <typename T, typename Out>
 void grad_sweep(const Tile<T>& tile, const RowStats<T>& stats, const T* coef_a, const T* coef_b,
-                const T* s_sum, Out* dz, cudaStream_t stream);
+                const T* s_rest, const T* s_amax, const T* dz_scale, Out* dz, cudaStream_t stream);
 
 // Row weights and validity of every row, checked on the device: weight[n] = row_weight[n] (1 when
 // absent) or 0 for ignored rows, valid[n] = weight[n] > 0. `facts` ([3] int64, device) receives

@@ -1,8 +1,8 @@
 # Included by the top-level CMakeLists.txt when the CUDA kernels are on, before find_package(Torch),
 # whose CUDA part needs two hints to build the kernels as this project wants.
 
-# 1. Torch's config compiles CUDA for TORCH_CUDA_ARCH_LIST and drops CMAKE_CUDA_ARCHITECTURES (with
-#    a warning); left alone on a machine without a GPU it picks a long "common" list, sm_50 included,
+# 1. Torch's config compiles CUDA for TORCH_CUDA_ARCH_LIST and drops CMAKE_CUDA_ARCHITECTURES
+#    (with a warning); left alone without a GPU it picks a long "common" list, sm_50 included,
 #    which CUDA 13 rejects. Hand it HAIL_CUDA_ARCHS in its notation: "80;90a" -> "8.0;9.0a".
 set(TORCH_CUDA_ARCH_LIST "")
 foreach(arch IN LISTS HAIL_CUDA_ARCHS)
@@ -14,9 +14,9 @@ foreach(arch IN LISTS HAIL_CUDA_ARCHS)
 endforeach()
 unset(CMAKE_CUDA_ARCHITECTURES)
 
-# 2. Torch's config looks for the toolkit beside nvcc and links nvrtc; ATen's CUDA headers include
-#    cuBLAS and cuSPARSE. A toolkit of only nvcc and cudart lacks them, but the nvidia-* wheels that
-#    a CUDA build of torch installs carry them: use those when the toolkit has none.
+# 2. Torch's config looks for the toolkit beside nvcc and links nvrtc; ATen's CUDA headers
+#    include cuBLAS and cuSPARSE. A toolkit of only nvcc and cudart lacks them, but the nvidia-*
+#    wheels that a CUDA build of torch installs carry them: use those when the toolkit has none.
 get_filename_component(HAIL_CUDA_TOOLKIT "${CMAKE_CUDA_COMPILER}" DIRECTORY)
 get_filename_component(HAIL_CUDA_TOOLKIT "${HAIL_CUDA_TOOLKIT}" DIRECTORY)
 if(NOT DEFINED CUDA_TOOLKIT_ROOT_DIR)
@@ -24,9 +24,11 @@ if(NOT DEFINED CUDA_TOOLKIT_ROOT_DIR)
 endif()
 set(HAIL_CUDA_WHEEL_INCLUDE "")
 if(NOT EXISTS "${HAIL_CUDA_TOOLKIT}/include/cublas_v2.h")
-  execute_process(
-    COMMAND "${Python_EXECUTABLE}" -c
-      "import glob, os, nvidia; hits = sorted(glob.glob(os.path.join(d, '*', 'include', 'cublas_v2.h')) for d in nvidia.__path__); print(os.path.dirname(os.path.dirname(sum(hits, [])[0])))"
+  string(CONCAT HAIL_FIND_WHEELS
+    "import glob, os, nvidia\n"
+    "found = [h for d in nvidia.__path__ for h in glob.glob(d + '/*/include/cublas_v2.h')]\n"
+    "print(os.path.dirname(os.path.dirname(sorted(found)[0])) if found else '')\n")
+  execute_process(COMMAND "${Python_EXECUTABLE}" -c "${HAIL_FIND_WHEELS}"
     OUTPUT_VARIABLE HAIL_CUDA_WHEELS OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   if(HAIL_CUDA_WHEELS)
     message(STATUS "hail_ext: cuBLAS headers and nvrtc from the CUDA wheels in ${HAIL_CUDA_WHEELS}")
