@@ -1,0 +1,300 @@
+"""The CUDA kernels against the float64 reference, for every option and tiling path.
+
+Skipped without a CUDA device or without compiled CUDA kernels (`build_info()["cuda"]`). The
+reference runs in float64 on the same device with plain torch ops, so it shares no code with the
+kernels; tolerances are those of docs/SPEC.md.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+import hail_ext
+from loss_cases import assert_close_to_reference, loss_and_grads, make_case, rel_err
+
+HAS_KERNELS = hail_ext.build_info().get("cuda", False)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    pytest.mark.skipif(not HAS_KERNELS, reason="hail_ext was built without CUDA kernels"),
+]
+
+# (rows per block, items per tile): one tile per block; several blocks and tiles with ragged
+# ends; one row and a few items at a time.
+TILINGS = [None, "16,64", "1,7"]
+
+
+@pytest.fixture(params=TILINGS, ids=["auto", "tiled", "thin"])
+def tiling(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setenv("HAIL_TILE_SHAPE", request.param)
+    return request.param
+
+
+def cuda_case(*args, **kwargs):
+    """make_case on the GPU (the random draws stay those of the CPU tests)."""
+    case = make_case(*args, **kwargs)
+    for field in dataclasses.fields(case):
+        value = getattr(case, field.name)
+        if value is not None:
+            setattr(case, field.name, value.cuda())
+    return case
+
+
+@pytest.mark.parametrize("num_peers", [1, 2, 3, 4])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_peers_and_reductions(tiling, num_peers, reduction):
+    case = cuda_case(num_peers, ignored=3, bias="shared")
+    assert_close_to_reference(case, None, 1e-10, reduction=reduction)
+    assert_close_to_reference(case, torch.float32, 1e-5, reduction=reduction)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_alpha_gamma(tiling, alpha, gamma):
+    case = cuda_case(3, seed=1)
+    assert_close_to_reference(case, None, 1e-10, alpha=alpha, gamma=gamma)
+    assert_close_to_reference(case, torch.float32, 1e-5, alpha=alpha, gamma=gamma)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("num_peers", [1, 2, 3])
+def test_truncation(tiling, beta, num_peers):
+    case = cuda_case(num_peers, num_rows=41, ignored=4, weights=True, seed=2)
+    for reduction in ("mean", "none"):
+        assert_close_to_reference(case, None, 1e-10, beta=beta, reduction=reduction)
+
+
+@pytest.mark.parametrize("bias", [None, "shared", "peer"])
+@pytest.mark.parametrize("per_peer", [False, True])
+def test_tables_and_bias(tiling, bias, per_peer):
+    case = cuda_case(2, bias=bias, per_peer=per_peer, weights=True, seed=3)
+    assert_close_to_reference(case, None, 1e-10)
+    assert_close_to_reference(case, torch.float32, 1e-5)
+
+
+def test_non_unit_upstream_gradient(tiling):
+    case = cuda_case(3, ignored=2, weights=True, bias="peer", seed=4)
+    gen = torch.Generator().manual_seed(0)
+    upstream = torch.randn(3, 37, generator=gen, dtype=torch.float64).cuda()
+    assert_close_to_reference(case, None, 1e-10, upstream=upstream, reduction="none")
+    for reduction in ("mean", "sum"):
+        assert_close_to_reference(
+            case, None, 1e-10, upstream=torch.tensor(-2.5, device="cuda"), reduction=reduction
+        )
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096), (1000, 48, 50_021)]
+)
+def test_odd_sizes(shape):
+    num_rows, dim, num_items = shape
+    case = cuda_case(2, num_rows, dim, num_items, ignored=num_rows // 4, seed=5)
+    assert_close_to_reference(case, torch.float32, 1e-5)
+
+
+def test_many_peers_and_blocks(monkeypatch):
+    # A 1 MB workspace makes the automatic plan tile the items of several row blocks.
+    monkeypatch.setenv("HAIL_WORKSPACE_MB", "1")
+    case = cuda_case(5, 700, 24, 9_001, bias="peer", per_peer=True, weights=True, ignored=20)
+    assert_close_to_reference(case, torch.float32, 1e-5, gamma=1.5, beta=0.1)
+
+
+@pytest.mark.parametrize("scale", [3.0, 10.0])
+def test_peaked_distributions(tiling, scale):
+    # Large logits: most rows put almost all mass on one item, often a wrong one.
+    case = cuda_case(2, scale=scale, seed=6)
+    assert_close_to_reference(case, None, 1e-9)
+    assert_close_to_reference(case, torch.float32, 1e-5 * scale)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("num_peers", [1, 2])
+def test_half_precision(dtype, tol, num_peers):
+    # Inputs rounded to the half type first, so the error measured is the loss's own: float32
+    # logits and sums, and dz rounded to the half type for the gradient products.
+    case = cuda_case(num_peers, 300, 64, 5_000, ignored=5, bias="shared", seed=7)
+    for name in ("hidden", "item_weight", "bias"):
+        setattr(case, name, getattr(case, name).to(dtype).double())
+    assert_close_to_reference(case, dtype, tol)
+    assert_close_to_reference(case, dtype, tol, reduction="none")
+
+
+def test_cpu_and_cuda_agree():
+    cpu = make_case(3, 50, 8, 333, bias="peer", weights=True, ignored=4, seed=8)
+    gpu = cuda_case(3, 50, 8, 333, bias="peer", weights=True, ignored=4, seed=8)
+    for options in ({}, {"beta": 0.2, "gamma": 2.0}, {"reduction": "none"}):
+        want, want_grads = loss_and_grads(hail_ext.med_loss, cpu, **options)
+        got, got_grads = loss_and_grads(hail_ext.med_loss, gpu, **options)
+        assert rel_err(got.cpu(), want) < 1e-12
+        for g, w in zip(got_grads, want_grads, strict=True):
+            assert rel_err(g.cpu(), w) < 1e-12
+
+
+def test_peer_permutation_symmetry():
+    case = cuda_case(3, 40, 8, 300, per_peer=True, bias="peer", seed=9)
+    order = torch.tensor([2, 0, 1], device="cuda")
+    rows = hail_ext.med_loss(
+        case.hidden, case.item_weight, case.target, bias=case.bias, reduction="none"
+    )
+    permuted = hail_ext.med_loss(
+        case.hidden[order],
+        case.item_weight[order],
+        case.target,
+        bias=case.bias[order],
+        reduction="none",
+    )
+    torch.testing.assert_close(permuted, rows[order], rtol=1e-12, atol=1e-12)
+
+
+def test_current_stream():
+    case = cuda_case(2, 64, 16, 2_000, bias="shared", seed=10)
+    want, want_grads = loss_and_grads(hail_ext.med_loss, case, torch.float32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got, got_grads = loss_and_grads(hail_ext.med_loss, case, torch.float32)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("target", [0, 1, 2, 10, 4, 5], r"target\[3\] = 10 is outside \[0, 10\)"),
+        ("target", [0, 1, -1, 3, -7, 5], r"target\[2\] = -1 is outside"),
+        ("row_weight", [1.0, -1.0, 1, 1, 1, 1], r"row_weight\[1\] = -1"),
+        ("row_weight", [1.0, 1, float("nan"), 1, 1, 1], r"row_weight\[2\] = nan"),
+        ("row_weight", [1.0, 1, 1, float("inf"), 1, 1], r"row_weight\[3\] = inf"),
+    ],
+)
+def test_bad_values_found_on_device(field, value, message):
+    case = cuda_case(2, num_rows=6, dim=4, num_items=10, dtype=torch.float32)
+    dtype = torch.int64 if field == "target" else torch.float32
+    setattr(case, field, torch.tensor(value, dtype=dtype, device="cuda"))
+    with pytest.raises(ValueError, match=message):
+        hail_ext.med_loss(case.hidden, case.item_weight, case.target, row_weight=case.row_weight)
+
+
+def test_too_many_peers_names_the_alternative():
+    case = cuda_case(17, num_rows=4, dim=2, num_items=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="at most 16 peers"):
+        hail_ext.med_loss(case.hidden, case.item_weight, case.target)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("zero", ["ignored", "weights", "empty"])
+def test_batches_without_loss(reduction, zero):
+    num_rows = 0 if zero == "empty" else 5
+    case = cuda_case(2, num_rows=num_rows, dim=3, num_items=7, bias="shared", dtype=torch.float32)
+    if zero == "ignored":
+        case.target[:] = -100
+    elif zero == "weights":
+        case.row_weight = torch.zeros(5, device="cuda")
+    hidden, weight, bias = case.inputs()
+    loss = hail_ext.med_loss(
+        hidden,
+        weight,
+        case.target,
+        bias=bias,
+        row_weight=case.row_weight,
+        reduction=reduction,
+        beta=0.5,
+    )
+    assert torch.all(loss == 0)
+    loss.sum().backward()
+    for t in (hidden, weight, bias):
+        assert torch.all(t.grad == 0) and not torch.isnan(t.grad).any()
+
+
+def test_non_contiguous_inputs():
+    base = cuda_case(2, num_rows=20, dim=6, num_items=50, bias="peer", weights=True, seed=3)
+    case = dataclasses.replace(base)
+    case.hidden = base.hidden.transpose(1, 2).contiguous().transpose(1, 2)
+    case.item_weight = torch.cat([base.item_weight, base.item_weight], 1)[:, ::2]
+    case.bias = base.bias.t().contiguous().t()
+    case.target = torch.stack([base.target, base.target], 1)[:, 0]
+    assert not case.hidden.is_contiguous() and not case.item_weight.is_contiguous()
+    assert_close_to_reference(case, None, 1e-10, reduction="none")
+
+
+def op_args(case, reduction, compute_grad, beta=0.0):
+    return (
+        case.hidden,
+        case.item_weight,
+        case.target,
+        case.bias,
+        case.row_weight,
+        -100,
+        0.4,
+        1.5,
+        beta,
+        reduction,
+        compute_grad,
+    )
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+@pytest.mark.parametrize("compute_grad", [False, True])
+def test_opcheck_forward(reduction, compute_grad):
+    case = cuda_case(
+        2, num_rows=7, dim=3, num_items=9, bias="peer", weights=True, ignored=1, dtype=torch.float32
+    )
+    case.hidden, case.item_weight, case.bias = case.inputs()
+    torch.library.opcheck(
+        torch.ops.hail_ext.med_forward.default, op_args(case, reduction, compute_grad, beta=0.2)
+    )
+
+
+def test_opcheck_backward():
+    case = cuda_case(3, num_rows=7, dim=3, num_items=9, bias="shared", dtype=torch.float32)
+    out = torch.ops.hail_ext.med_forward(*op_args(case, 0, False))
+    grad_rows = torch.randn(3, 7, device="cuda")
+    args = (
+        grad_rows,
+        case.hidden,
+        case.item_weight,
+        case.target,
+        case.bias,
+        None,
+        out[3],
+        out[4],
+        out[5],
+        -100,
+        0.4,
+        1.5,
+    )
+    torch.library.opcheck(torch.ops.hail_ext.med_backward.default, args)
+
+
+def test_compile_fullgraph():
+    case = cuda_case(2, 64, 16, 500, bias="shared", dtype=torch.float32, seed=11)
+
+    @torch.compile(fullgraph=True)
+    def step(hidden, weight, bias):
+        return hail_ext.med_loss(hidden, weight, case.target, bias=bias, gamma=2.0) * 3.0
+
+    hidden, weight, bias = case.inputs()
+    eager = hail_ext.med_loss(hidden, weight, case.target, bias=bias, gamma=2.0) * 3.0
+    torch.testing.assert_close(step(hidden, weight, bias), eager)
+
+
+def test_memory_flat_in_items():
+    # K=2, N=4096, d=64, V=300,000 in float32: one copy of the logits would be 9.8 GB; the fused
+    # loss holds a workspace (512 MB by default) and [K, N] statistics beyond inputs and grads.
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    hidden = torch.randn(2, 4096, 64, device="cuda", generator=gen, requires_grad=True)
+    weight = torch.randn(300_000, 64, device="cuda", generator=gen).div_(8).requires_grad_()
+    target = torch.randint(0, 300_000, (4096,), device="cuda", generator=gen)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    hail_ext.med_loss(hidden, weight, target).backward()
+    torch.cuda.synchronize()
+    grads = hidden.numel() * 4 + weight.numel() * 4
+    extra = torch.cuda.max_memory_allocated() - before - grads
+    assert extra < 1.5 * 2**30, f"{extra / 2**20:.0f} MB beyond inputs and gradients"
