@@ -26,7 +26,7 @@ if ! "$venv/bin/python" -c "import sys, torch; sys.exit(not (torch.__version__.s
   echo "cuda_build: creating $venv with the CUDA build of torch $torch_version"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "torch==$torch_version" scikit-build-core pybind11 ninja cmake
+  "$venv/bin/pip" install -q "torch==$torch_version" numpy scikit-build-core pybind11 ninja cmake
 fi
 echo "cuda_build: venv ready after $((SECONDS - start)) s"
 
