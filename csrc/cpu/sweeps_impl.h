@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "sweeps.h"
@@ -23,15 +22,6 @@ namespace hail_ext::cpu {
 inline namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
-
-template <typename T>
-T hsum(const Vectorized<T>& x) {
-  alignas(64) T lanes[Vectorized<T>::size()];
-  x.store(lanes);
-  T total = 0;
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
-  return total;
-}
 
 // Calls body(v, count) over [begin, end) in vector-width steps; count < width only at the end.
 template <typename T, typename Body>
@@ -42,16 +32,34 @@ void for_each_vector(int64_t begin, int64_t end, Body&& body) {
   if (v < end) body(v, end - v);
 }
 
-// exp of arguments <= 0 (log-probabilities): at::vec's 20-ulp polynomial for float, which is
-// several times cheaper than the 1-ulp SLEEF call and well inside float32's tolerance here;
-// full precision for double. Callers keep NaN out of its arguments (the row max propagates it).
+// Sums over a catalogue run to 10^6 terms; lanes accumulate at most kChunk items before they
+// are added into a double, which keeps float32 sums to a few ulp (a cascade, not one long chain).
+constexpr int64_t kChunk = 1024;
+
+template <typename T>
+double hsum(const Vectorized<T>& x) {
+  alignas(64) T lanes[Vectorized<T>::size()];
+  x.store(lanes);
+  double total = 0;
+  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) total += lanes[i];
+  return total;
+}
+
+// Calls body(v, count) over [begin, end) like for_each_vector, and flush() after every kChunk
+// items and at the end.
+template <typename T, typename Body, typename Flush>
+void for_each_chunk(int64_t begin, int64_t end, Body&& body, Flush&& flush) {
+  for (int64_t c = begin; c < end; c += kChunk) {
+    for_each_vector<T>(c, std::min(c + kChunk, end), body);
+    flush();
+  }
+}
+
+// exp of log-probabilities (arguments <= 0). SLEEF's 1-ulp exp: at::vec's 20-ulp polynomial
+// (exp_u20) measured no faster here, and its error is systematic, not random.
 template <typename T>
 Vectorized<T> exp_neg(const Vectorized<T>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x.exp_u20();
-  } else {
-    return x.exp();
-  }
+  return x.exp();
 }
 
 // Lanes past `count` hold padding; zero their contribution.
@@ -155,14 +163,21 @@ void lse_tile(const Tile<T>& tile, const LseState<T>& state) {
         const int64_t local_amax = std::find(z, z + tile.cols, tile_max) - z;  // cols if NaN
 
         Vec vsum(T(0));
+        double sum = 0;
         auto add_exp = [&](int64_t begin, int64_t end) {
-          for_each_vector<T>(begin, end, [&](int64_t v, int64_t count) {
-            vsum = vsum + keep_lanes(exp_neg(Vec::loadu(z + v, count) - Vec(tile_max)), count);
-          });
+          for_each_chunk<T>(
+              begin, end,
+              [&](int64_t v, int64_t count) {
+                vsum = vsum + keep_lanes(exp_neg(Vec::loadu(z + v, count) - Vec(tile_max)), count);
+              },
+              [&] {
+                sum += hsum(vsum);
+                vsum = Vec(T(0));
+              });
         };
         add_exp(0, std::min(local_amax, tile.cols));
         if (local_amax < tile.cols) add_exp(local_amax + 1, tile.cols);
-        const T tile_rest = hsum(vsum);
+        const T tile_rest = static_cast<T>(sum);
 
         // Merge (tile_max, tile_rest) into the running state; the smaller maximum joins rest.
         T& run_max = state.max[s];
@@ -191,6 +206,7 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
 
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
     std::vector<Vec> q(num_peers), qg(num_peers), med_acc(num_peers), s_acc(num_peers);
+    std::vector<double> med_total(num_peers), s_total(num_peers);
     std::vector<T> us(num_peers), qgs(num_peers), max(num_peers), norm(num_peers);
     std::vector<int64_t> specials;
 
@@ -198,8 +214,6 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
       const int64_t n = tile.row0 + r;
       if (!tile.active[n]) continue;
       load_norms(tile, stats, n, max, norm);
-      std::fill(med_acc.begin(), med_acc.end(), Vec(T(0)));
-      std::fill(s_acc.begin(), s_acc.end(), Vec(T(0)));
 
       // Off every arg-max item p <= 1/2, so w = 1 - p is exact to an ulp and no expm1 is needed;
       // log(1 - p) = log(w) + (1 - p - w) / w keeps the digits of small p that w drops.
@@ -216,13 +230,23 @@ void med_tile(const Tile<T>& tile, const RowStats<T>& stats, T* med_sum, T* s_re
         }
       };
       special_items(tile, stats.amax, n, /*with_amax=*/true, specials);
-      for_each_gap<T>(specials, tile.cols,
-                      [&](int64_t begin, int64_t end) { for_each_vector<T>(begin, end, body); });
+      std::fill(med_total.begin(), med_total.end(), 0.0);
+      std::fill(s_total.begin(), s_total.end(), 0.0);
+      auto flush = [&] {
+        for (int64_t k = 0; k < num_peers; ++k) {
+          med_total[k] += hsum(med_acc[k]);
+          s_total[k] += hsum(s_acc[k]);
+          med_acc[k] = s_acc[k] = Vec(T(0));
+        }
+      };
+      for_each_gap<T>(specials, tile.cols, [&](int64_t begin, int64_t end) {
+        for_each_chunk<T>(begin, end, body, flush);
+      });
 
       for (int64_t k = 0; k < num_peers; ++k) {
         const int64_t s = k * tile.num_rows + n;
-        med_sum[s] += hsum(med_acc[k]);
-        s_rest[s] += hsum(s_acc[k]);
+        med_sum[s] += static_cast<T>(med_total[k]);
+        s_rest[s] += static_cast<T>(s_total[k]);
       }
 
       // The arg-max items off the target, with their exact log(1 - p) and p / (1 - p).
