@@ -9,8 +9,8 @@ setup:
 
 # Train HAIL (two SASRec peers) on the built-in nyc16 data set and print the metrics table.
 train: setup
-	$(VENV)/bin/hail train --data nyc16 --model sasrec --peers 2 --epochs 10 --max-len 50 \
-		--out runs/quickstart
+	$(VENV)/bin/hail train --data nyc16 --model sasrec --peers 2 --epochs 2 --max-len 20 \
+		--dim 32 --batch-size 256 --out runs/quickstart
 
 test: setup
 	$(VENV)/bin/python -m pytest python_tests $(PYTEST_ARGS)
