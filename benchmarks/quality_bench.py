@@ -63,12 +63,13 @@ def main(argv: list | None = None) -> int:
     runs = plan(args)
     logger.info("%d runs of %s on %s", len(runs), args.model, args.data)
     started = time.perf_counter()
-    rows = []
+    rows, failed = [], 0
     jobs = 1 if args.in_process else args.jobs
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for done in pool.map(lambda run: train(run, args), runs):
-            rows += done
-    logger.info("all runs done in %.0f s", time.perf_counter() - started)
+        for done in pool.map(lambda run: _train_or_log(run, args), runs):
+            rows += done or []
+            failed += done is None
+    logger.info("%d runs done in %.0f s", len(runs) - failed, time.perf_counter() - started)
 
     csv_path = args.results / "quality.csv"
     all_rows = merge_csv(csv_path, rows)
@@ -76,7 +77,7 @@ def main(argv: list | None = None) -> int:
     (args.results / "quality_summary.md").write_text(summary, encoding="utf-8")
     plot(all_rows, args.results / "quality.png")
     print(summary)
-    return 0
+    return 1 if failed else 0
 
 
 # -- what to run --------------------------------------------------------------------------------
@@ -147,6 +148,15 @@ def train(run: dict, args: argparse.Namespace) -> list[dict]:
     elif (out / "wall_s.txt").is_file():
         wall = float((out / "wall_s.txt").read_text())
     return collect(run, json.loads(metrics_file.read_text()), wall, args.threads)
+
+
+def _train_or_log(run: dict, args: argparse.Namespace) -> list[dict] | None:
+    """A failed run is logged and left out, so that the others still reach the CSV."""
+    try:
+        return train(run, args)
+    except (RuntimeError, ValueError, OSError) as error:
+        logger.error("%s: %s", run["dir"].name, error)
+        return None
 
 
 def _train_here(settings: dict, out: Path, threads: int) -> float:
