@@ -271,11 +271,12 @@ def aggregate(rows: list[dict]) -> dict:
             continue
         setup = (row["model"], row["data"], row["keep_history"], _budget(row))
         variant = (row["variant"], row["alpha"], row["gamma"], row["beta"])
-        group = groups.setdefault((setup, variant, int(row["K"])), {"train_s": {}})
+        group = groups.setdefault((setup, variant, int(row["K"])), {"train_s": {}, "best": {}})
         group.setdefault((row["protocol"], row["who"], row["metric"]), []).append(
             float(row["value"])
         )
         group["train_s"][row["seed"]] = float(row["train_s"])
+        group["best"][row["seed"]] = f"{row['best_epoch']}/{row['epochs_run']}"
     return groups
 
 
@@ -306,14 +307,16 @@ def summarise(rows: list[dict]) -> str:
         model, data, keep, budget = setup
         history = "keeps the history" if keep == "True" else "filters the history"
         lines += ["", f"## {model} on {data} (full ranking {history})", "", f"Budget: {budget}."]
-        lines += ["", "| " + " | ".join(header + ["train s/run"]) + " |"]
-        lines.append("|" + " --- |" * (len(header) + 1))
+        extra = ["best epoch/run", "train s/run"]
+        lines += ["", "| " + " | ".join(header + extra) + " |"]
+        lines.append("|" + " --- |" * (len(header) + len(extra)))
         keys = sorted((key for key in groups if key[0] == setup), key=lambda k: (k[1][0], k[2]))
         for key in keys:
             group, (label, *_) = groups[key], key[1]
             seeds = len(group["train_s"])
             cells = [label, str(key[2]), str(seeds)]
             cells += [_cell(group.get(column, [])) for column in columns]
+            cells.append(" ".join(group["best"][seed] for seed in sorted(group["best"])))
             cells.append(f"{statistics.fmean(group['train_s'].values()):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + verdicts(groups, setup)
