@@ -18,53 +18,17 @@
 #include <vector>
 
 #include "../med_loss.h"
+#include "../plan.h"
 #include "sweeps.h"
 
 namespace hail_ext::cpu {
 namespace {
 
-constexpr int64_t kMinBlockRows = 64;  // below this a block's products are too thin
-constexpr int64_t kMaxBlockRows = 1024;
-constexpr int64_t kTiledBlockRows = 256;
+// Whole-catalogue blocks of 64 to 1024 rows, else blocks of 256 rows over tiles of items.
+constexpr PlanLimits kCpuPlan{/*workspace_mb=*/128, /*min_block_rows=*/64,
+                              /*max_block_rows=*/1024, /*tiled_block_rows=*/256,
+                              /*tile_align=*/64};
 constexpr int64_t kGradSlice = 8192;
-
-int64_t workspace_bytes() {
-  const char* env = std::getenv("HAIL_WORKSPACE_MB");
-  const int64_t mb = env ? std::atoll(env) : 128;
-  TORCH_CHECK_VALUE(mb > 0, "HAIL_WORKSPACE_MB must be a positive integer, got '", env, "'");
-  return mb << 20;
-}
-
-struct Plan {
-  int64_t block_rows;
-  int64_t tile_items;
-};
-
-// HAIL_TILE_SHAPE="rows,items" forces the plan; the tests use it to reach every tiling path.
-bool forced_plan(int64_t num_rows, int64_t num_items, Plan& plan) {
-  const char* env = std::getenv("HAIL_TILE_SHAPE");
-  if (env == nullptr) return false;
-  long long rows = 0, items = 0;
-  TORCH_CHECK_VALUE(std::sscanf(env, "%lld,%lld", &rows, &items) == 2 && rows > 0 && items > 0,
-                    "HAIL_TILE_SHAPE must be 'rows,items' with both > 0, got '", env, "'");
-  plan = {std::min<int64_t>(rows, std::max<int64_t>(num_rows, 1)),
-          std::min<int64_t>(items, num_items)};
-  return true;
-}
-
-Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t elt) {
-  Plan forced{};
-  if (forced_plan(num_rows, num_items, forced)) return forced;
-  const int64_t budget = workspace_bytes();
-  const int64_t rows_cap = std::max<int64_t>(num_rows, 1);
-  const int64_t rows = budget / (num_peers * num_items * elt);
-  if (rows >= kMinBlockRows || rows >= rows_cap) {
-    return {std::min({rows, kMaxBlockRows, rows_cap}), num_items};
-  }
-  const int64_t block = std::min(kTiledBlockRows, rows_cap);
-  const int64_t items = std::max<int64_t>(budget / (num_peers * block * elt) / 64 * 64, 64);
-  return {block, std::min(items, num_items)};
-}
 
 template <typename T>
 class MedCpu {
@@ -77,7 +41,7 @@ class MedCpu {
     num_peers_ = hidden_.size(0);
     num_rows_ = hidden_.size(1);
     num_items_ = weight_.size(-2);
-    plan_ = make_plan(num_peers_, num_rows_, num_items_, sizeof(T));
+    plan_ = make_plan(kCpuPlan, num_peers_, num_rows_, num_items_, sizeof(T));
     workspace_ = at::empty({num_peers_ * plan_.block_rows * plan_.tile_items}, hidden_.options());
     hidden_scratch_ = at::empty({plan_.block_rows, hidden_.size(2)}, hidden_.options());
 
@@ -124,19 +88,26 @@ class MedCpu {
         n0, nb,
         [&](const Tile<T>& tile) {
           kernels_.grad(tile, stats, coef_a, coef_b, s_rest, s_amax);
-          for (int64_t k = 0; k < num_peers_; ++k) {
-            const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
-            add_hidden_grad(grads.hidden[k].narrow(0, n0, nb), dz, k, tile.item0, tile.cols);
-            weight_grad(grads, k)
-                .narrow(0, tile.item0, tile.cols)
-                .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
-            if (bias_.defined()) {
-              bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
-            }
-          }
+          grad_products(n0, nb, tile, grads);
         },
         active);
     cached_ = {-1, -1};  // the workspace now holds dz
+  }
+
+  bool single_tile() const { return plan_.tile_items == num_items_; }
+
+  // The three sweeps row by row over one block (single_tile() only), and the gradient products
+  // when `pass` asks for gradients.
+  void rows_pass(int64_t n0, int64_t nb, const RowPass<T>& pass, const bool* active,
+                 MedGrads& grads) {
+    for_each_tile(
+        n0, nb,
+        [&](const Tile<T>& tile) {
+          kernels_.rows(tile, pass);
+          if (pass.coef_a != nullptr) grad_products(n0, nb, tile, grads);
+        },
+        active);
+    cached_ = {-1, -1};
   }
 
   MedGrads new_grads() const {
@@ -208,6 +179,18 @@ class MedCpu {
     // when it is the block's single tile.
     const bool single = vt == num_items_;
     cached_ = single ? std::array<int64_t, 2>{n0, v0} : std::array<int64_t, 2>{-1, -1};
+  }
+
+  // dz of the tile (in the workspace) into the gradients of hidden, the item table and the bias.
+  void grad_products(int64_t n0, int64_t nb, const Tile<T>& tile, MedGrads& grads) {
+    for (int64_t k = 0; k < num_peers_; ++k) {
+      const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
+      add_hidden_grad(grads.hidden[k].narrow(0, n0, nb), dz, k, tile.item0, tile.cols);
+      weight_grad(grads, k)
+          .narrow(0, tile.item0, tile.cols)
+          .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
+      if (bias_.defined()) bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
+    }
   }
 
   // grad_hidden += dz @ W over the tile, one product per kGradSlice items, each into a scratch
@@ -299,11 +282,37 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
     unit_grad = std::get<1>(reduce_rows(med.new_state(0), med.row_weights(), args.reduction));
   }
 
+  // With the whole catalogue in one tile, each row is read from memory once for all sweeps.
+  const bool one_visit = med.single_tile() && !two_phase;
+  at::Tensor row_coef_a, row_coef_b;
+  if (one_visit && compute_grad) {
+    row_coef_a = med.new_state(0);
+    if (num_peers > 1 && args.alpha < 1.0) row_coef_b = med.new_state(0);
+  }
+  const RowPass<T> pass{lse_state,
+                        stats,
+                        ptr<T>(saved[kLogNorm]),
+                        ptr<T>(saved[kLog1mpAmax]),
+                        ptr<T>(saved[kRatioAmax]),
+                        ptr<T>(med_sum),
+                        ptr<T>(saved[kSRest]),
+                        ptr<T>(saved[kSAmax]),
+                        med.target(),
+                        ptr<T>(med.row_weights()),
+                        compute_grad && med.rows() > 0 ? unit_grad[0][0].template item<T>() : T(0),
+                        static_cast<T>(args.alpha),
+                        ptr<T>(row_coef_a),
+                        ptr<T>(row_coef_b)};
+
   med.for_each_block([&](int64_t n0, int64_t nb) {
-    if (!two_phase) lse_block(n0, nb);
-    if (num_peers > 1) {
-      med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSRest]),
-                   ptr<T>(saved[kSAmax]));
+    if (one_visit) {
+      med.rows_pass(n0, nb, pass, kept.data_ptr<bool>(), grads);
+    } else {
+      if (!two_phase) lse_block(n0, nb);
+      if (num_peers > 1) {
+        med.med_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(med_sum), ptr<T>(saved[kSRest]),
+                     ptr<T>(saved[kSAmax]));
+      }
     }
     RowTerms block{slice(terms.rows, n0, nb), slice(terms.ce, n0, nb), slice(terms.med, n0, nb),
                    slice(terms.coef_a, n0, nb)};
@@ -311,7 +320,7 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
               slice(amax, n0, nb), slice(saved[kLog1mpAmax], n0, nb), slice(med_sum, n0, nb),
               slice(med.targets(), n0, nb), slice(med.row_weights(), n0, nb),
               slice(med.valid_rows(), n0, nb), slice(kept, n0, nb), args.alpha, args.gamma, block);
-    if (compute_grad) {
+    if (compute_grad && !one_visit) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
       auto [coef_a, coef_b] =
           grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA], num_peers, args.alpha);

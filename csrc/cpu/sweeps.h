@@ -45,6 +45,28 @@ struct RowStats {
   T gamma;
 };
 
+// Everything the three sweeps of a row need when they run back to back on one visit of the row
+// (a single tile holding the whole catalogue, no truncation): the lse state, the RowStats it
+// becomes (written here: log_norm, log1mp_amax, ratio_amax), the peers' sums, and, unless
+// coef_a is null, the gradient coefficients (written here) for a unit upstream gradient.
+template <typename T>
+struct RowPass {
+  LseState<T> state;
+  RowStats<T> stats;  // reads what the pointers below write
+  T* log_norm;
+  T* log1mp_amax;
+  T* ratio_amax;
+  T* med_sum;
+  T* s_rest;
+  T* s_amax;
+  const int64_t* target;  // [N]
+  const T* row_weight;    // [N], 0 for ignored rows
+  T unit_grad;            // upstream gradient of every row: 1 (sum) or 1 / total weight (mean)
+  T alpha;
+  T* coef_a;  // [K, N] or null: no gradient
+  T* coef_b;  // [K, N] or null: K = 1 or alpha = 1
+};
+
 template <typename T>
 struct SweepKernels {
   // Fold one tile into the running (max, amax, rest) and pick up the target logit.
@@ -60,6 +82,9 @@ struct SweepKernels {
   // are both huge and their difference would cancel.
   void (*grad)(const Tile<T>&, const RowStats<T>&, const T* coef_a, const T* coef_b,
                const T* s_rest, const T* s_amax);
+  // The three sweeps row by row while the row's logits are in cache: one read of the workspace
+  // from memory instead of four. Only for a tile that spans the whole catalogue.
+  void (*rows)(const Tile<T>&, const RowPass<T>&);
 };
 
 struct SweepTable {

@@ -22,59 +22,20 @@
 #include <type_traits>
 
 #include "../med_loss.h"
+#include "../plan.h"
 #include "sweeps_cuda.h"
 
 namespace hail_ext::cuda {
 namespace {
 
-constexpr int64_t kMinBlockRows = 128;  // below this a block's products are too thin
-constexpr int64_t kMaxBlockRows = 4096;
-constexpr int64_t kTiledBlockRows = 512;
-constexpr int64_t kTileAlign = 128;
+// Whole-catalogue blocks of 128 to 4096 rows, else blocks of 512 rows over tiles of items.
+constexpr PlanLimits kCudaPlan{/*workspace_mb=*/512, /*min_block_rows=*/128,
+                               /*max_block_rows=*/4096, /*tiled_block_rows=*/512,
+                               /*tile_align=*/128};
 constexpr int64_t kProductRows = 8192;  // rows of one float32 partial gradient product
 // float16 dz is scaled so that its bound |coef_a| + 4 |coef_b| lands near this power of two: dz of
 // a mean over many rows would otherwise sink into float16's subnormals.
 constexpr double kHalfDzTarget = 1024.0;
-
-int64_t workspace_bytes() {
-  const char* env = std::getenv("HAIL_WORKSPACE_MB");
-  const int64_t mb = env ? std::atoll(env) : 512;
-  TORCH_CHECK_VALUE(mb > 0, "HAIL_WORKSPACE_MB must be a positive integer, got '", env, "'");
-  return mb << 20;
-}
-
-struct Plan {
-  int64_t block_rows;
-  int64_t tile_items;
-};
-
-// HAIL_TILE_SHAPE="rows,items" forces the plan, as on the CPU; the tests use it to reach every
-// tiling path.
-bool forced_plan(int64_t num_rows, int64_t num_items, Plan& plan) {
-  const char* env = std::getenv("HAIL_TILE_SHAPE");
-  if (env == nullptr) return false;
-  long long rows = 0, items = 0;
-  TORCH_CHECK_VALUE(std::sscanf(env, "%lld,%lld", &rows, &items) == 2 && rows > 0 && items > 0,
-                    "HAIL_TILE_SHAPE must be 'rows,items' with both > 0, got '", env, "'");
-  plan = {std::min<int64_t>(rows, std::max<int64_t>(num_rows, 1)),
-          std::min<int64_t>(items, num_items)};
-  return true;
-}
-
-// The whole catalogue per tile when enough rows fit the workspace, else tiles of items.
-Plan make_plan(int64_t num_peers, int64_t num_rows, int64_t num_items, int64_t elt) {
-  Plan forced{};
-  if (forced_plan(num_rows, num_items, forced)) return forced;
-  const int64_t budget = workspace_bytes();
-  const int64_t rows_cap = std::max<int64_t>(num_rows, 1);
-  const int64_t rows = budget / (num_peers * num_items * elt);
-  if (rows >= kMinBlockRows || rows >= rows_cap) {
-    return {std::max<int64_t>(std::min({rows, kMaxBlockRows, rows_cap}), 1), num_items};
-  }
-  const int64_t block = std::min(kTiledBlockRows, rows_cap);
-  const int64_t items = budget / (num_peers * block * elt) / kTileAlign * kTileAlign;
-  return {block, std::min(std::max(items, kTileAlign), num_items)};
-}
 
 // mm with a float32 result from float16/bfloat16 inputs. Should this torch lack that overload
 // on the device, fall back (once, with a warning) to a half-precision product widened after.
@@ -109,7 +70,7 @@ class MedCuda {
     num_items_ = weight_.size(-2);
 
     const int64_t elt = static_cast<int64_t>(sizeof(T)) + (half_ ? hidden_.element_size() : 0);
-    plan_ = make_plan(num_peers_, num_rows_, num_items_, elt);
+    plan_ = make_plan(kCudaPlan, num_peers_, num_rows_, num_items_, elt);
     const int64_t tile_elems = num_peers_ * plan_.block_rows * plan_.tile_items;
     workspace_ = at::empty({tile_elems}, opts());
     if (half_) dz_half_ = at::empty({tile_elems}, hidden_.options());
