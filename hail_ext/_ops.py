@@ -121,6 +121,13 @@ if _C is not None:
             ctx.save_for_backward(hidden, item_weight, target, bias, row_weight, kept, saved, amax)
 
     def _backward(ctx, grad_loss, *_unused):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # create_graph=True: the result would be differentiated again, but the peers'
+            # probabilities are constants and the gradients come precomputed, so it would be wrong.
+            raise RuntimeError(
+                "hail_ext.med_loss does not support double backward (create_graph=True); "
+                "use hail_ext.reference.med_loss for higher-order gradients"
+            )
         if ctx.eager:
             grad_hidden, grad_weight, grad_bias = (g * grad_loss for g in ctx.saved_tensors)
         else:

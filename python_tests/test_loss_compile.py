@@ -82,3 +82,11 @@ def test_compile_fullgraph(reduction):
     torch.testing.assert_close(got, want)
     for a, b in ((hidden, h2), (weight, w2), (bias, b2)):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_double_backward_is_refused():
+    case = make_case(2, num_rows=5, dim=3, num_items=7, dtype=torch.float32)
+    hidden, weight, _ = case.inputs()
+    loss = hail_ext.med_loss(hidden, weight, case.target)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, hidden, create_graph=True)
