@@ -1,9 +1,10 @@
 """Speed and memory of the HAIL loss against every alternative, over a grid of sizes (issue 3).
 
 Each provider is first checked against a float64 evaluation of `hail_ext.reference.med_loss`
-on a slice of rows; one that fails is recorded as failed and not timed. Then, after warm-up,
-it is timed (20th/50th/80th percentiles) and its peak memory over the inputs is measured, in a
-fresh process per point and provider. Results are appended as long-format CSV rows.
+on a slice of rows; the fused loss is timed only if it passes, PyTorch's alternatives are timed
+anyway and marked inaccurate if they fail. Then, after warm-up, it is timed (20th/50th/80th
+percentiles) and its peak memory over the inputs is measured, in a fresh process per point and
+provider. Results are appended as long-format CSV rows.
 
     python benchmarks/loss_bench.py --preset goals
     python benchmarks/loss_bench.py --K 2 --N 4096 --d 64 --V 20000 50000 --dtypes float32
@@ -212,7 +213,7 @@ def _launch(args, point: bu.Point, providers: list[str]) -> tuple[list[dict], st
         logger.warning("%s %s: stopped after %.0f s", point, providers, args.point_timeout)
         return parse_records(expired.stdout), "timeout"
     records = parse_records(done.stdout)
-    if done.returncode != 0 or any(r["status"] != "ok" for r in records):
+    if done.returncode != 0 or any(r["status"] not in ("ok", "inaccurate") for r in records):
         logger.warning(
             "%s %s: exit code %d, its log ends:\n%s",
             point,
@@ -270,16 +271,21 @@ def _measure(name: str, spec: dict, point: bu.Point, inputs) -> None:
 
 
 def _check(name: str, provider, point: bu.Point, inputs) -> bool:
+    """The float64 check. Our loss must pass it to be timed; PyTorch's alternatives are what a
+    user has whatever their accuracy, so they are timed anyway and their errors marked
+    "inaccurate" (PyTorch's float32 gradients at 1e5 items are at about 2e-5)."""
     errors = bu.check_provider(provider, *inputs, bu.check_rows(point))
     tolerance = bu.TOLERANCE[point.dtype]
-    status = "ok" if max(errors.values()) <= tolerance else "failed"
-    if status != "ok":
-        logger.warning("%s at %s: errors %s above %g; not timed", name, point, errors, tolerance)
+    accurate = max(errors.values()) <= tolerance
+    status = "ok" if accurate else ("failed" if name == "fused" else "inaccurate")
+    if not accurate:
+        what = "not timed" if status == "failed" else "timed anyway"
+        logger.warning("%s at %s: errors %s above %g; %s", name, point, errors, tolerance, what)
     _emit(name, None, "rel_err_loss", errors["loss"], "rel", status)
     _emit(name, "forward+backward", "rel_err_grad", errors["grad"], "rel", status)
-    if status != "ok":
+    if status == "failed":
         _emit(name, None, None, None, "", "failed")
-    return status == "ok"
+    return status != "failed"
 
 
 def _measure_mode(name: str, mode: str, spec: dict, step) -> None:
