@@ -45,7 +45,7 @@ LEARNS = [
                     "measured: ensemble NDCG@10 0.45 (K=2, 30 epochs); cloze training needs "
                     "more steps than this budget"
                 ),
-                strict=False,
+                strict=True,
             ),
         ],
     ),
