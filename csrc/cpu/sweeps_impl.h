@@ -119,8 +119,12 @@ class RowSweeper {
   using Vec = Vectorized<T>;
 
  public:
-  RowSweeper(const Tile<T>& tile, T gamma)
+  // With keep_exp, lse() leaves exp(z - max) in place of each logit (1 at the arg-max item) and
+  // the later sweeps scale it by exp(-log_norm) instead of calling exp again. Only for a single
+  // visit of the row (rows_tile) with gamma = 1, where nothing else reads the logits.
+  RowSweeper(const Tile<T>& tile, T gamma, bool keep_exp = false)
       : tile_(tile),
+        keep_exp_(keep_exp),
         num_peers_(tile.num_peers),
         inv_others_(tile.num_peers > 1 ? T(1) / T(tile.num_peers - 1) : T(0)),
         gamma_(gamma),
@@ -135,15 +139,17 @@ class RowSweeper {
         qgs_(num_peers_),
         ps_(num_peers_),
         max_(num_peers_),
-        norm_(num_peers_) {}
+        norm_(num_peers_),
+        scale_(num_peers_) {}
 
   // Sweep 1: fold the row into the running (max, amax, rest) and pick up the target logit.
   void lse(int64_t r, const LseState<T>& state) {
     const int64_t n = tile_.row0 + r;
     const int64_t t_local = tile_.target[n] - tile_.item0;
     for (int64_t k = 0; k < num_peers_; ++k) {
-      const T* z = row_of(tile_, k, r);
+      T* z = row_of(tile_, k, r);
       const int64_t s = k * tile_.num_rows + n;
+      if (t_local >= 0 && t_local < tile_.cols) state.target_logit[s] = z[t_local];
       const auto [tile_max, local_amax] = max_and_argmax(z);
       const T tile_rest = sum_exp_except(z, tile_max, local_amax);
 
@@ -157,7 +163,6 @@ class RowSweeper {
       } else {
         run_rest += (tile_rest + T(1)) * std::exp(tile_max - run_max);
       }
-      if (t_local >= 0 && t_local < tile_.cols) state.target_logit[s] = z[t_local];
     }
   }
 
@@ -273,15 +278,18 @@ class RowSweeper {
     return {tile_max, std::find(z, z + tile_.cols, tile_max) - z};  // cols if NaN
   }
 
-  // sum of exp(z - max) over the row, the arg-max item left out.
-  T sum_exp_except(const T* z, T tile_max, int64_t local_amax) const {
+  // sum of exp(z - max) over the row, the arg-max item left out (and, with keep_exp, each
+  // exp(z - max) written over its logit).
+  T sum_exp_except(T* z, T tile_max, int64_t local_amax) const {
     Vec vsum(T(0));
     double sum = 0;
     auto add_exp = [&](int64_t begin, int64_t end) {
       for_each_chunk<T>(
           begin, end,
           [&](int64_t v, int64_t count) {
-            vsum = vsum + keep_lanes(exp_neg(Vec::loadu(z + v, count) - Vec(tile_max)), count);
+            const Vec e = exp_neg(Vec::loadu(z + v, count) - Vec(tile_max));
+            if (keep_exp_) e.store(z + v, count);
+            vsum = vsum + keep_lanes(e, count);
           },
           [&] {
             sum += hsum(vsum);
@@ -290,6 +298,7 @@ class RowSweeper {
     };
     add_exp(0, std::min(local_amax, tile_.cols));
     if (local_amax < tile_.cols) add_exp(local_amax + 1, tile_.cols);
+    if (keep_exp_ && local_amax < tile_.cols) z[local_amax] = T(1);
     return static_cast<T>(sum);
   }
 
@@ -297,12 +306,17 @@ class RowSweeper {
     for (int64_t k = 0; k < num_peers_; ++k) {
       max_[k] = stats.max[k * tile_.num_rows + n];
       norm_[k] = stats.log_norm[k * tile_.num_rows + n];
+      if (keep_exp_) scale_[k] = std::exp(-norm_[k]);
     }
   }
 
   // Every peer's p(v) into q_ and p(v)^gamma into qg_, for the items [v, v + count).
   void probabilities(int64_t r, int64_t v, int64_t count, bool gamma_one) {
     for (int64_t j = 0; j < num_peers_; ++j) {
+      if (keep_exp_) {  // gamma = 1 here
+        q_[j] = qg_[j] = Vec::loadu(row_of(tile_, j, r) + v, count) * Vec(scale_[j]);
+        continue;
+      }
       const Vec log_p = (Vec::loadu(row_of(tile_, j, r) + v, count) - Vec(max_[j])) - Vec(norm_[j]);
       q_[j] = exp_neg(log_p);
       qg_[j] = gamma_one ? q_[j] : exp_neg(log_p * Vec(gamma_));
@@ -312,7 +326,8 @@ class RowSweeper {
   // log p_j(v) into us_ and p_j(v)^gamma into qgs_, for one item.
   void special_log_probs(int64_t r, int64_t v) {
     for (int64_t j = 0; j < num_peers_; ++j) {
-      us_[j] = (row_of(tile_, j, r)[v] - max_[j]) - norm_[j];
+      const T x = row_of(tile_, j, r)[v];
+      us_[j] = (keep_exp_ ? std::log(x) : x - max_[j]) - norm_[j];
       qgs_[j] = std::exp(gamma_ * us_[j]);
     }
   }
@@ -354,21 +369,22 @@ class RowSweeper {
   }
 
   const Tile<T>& tile_;
+  const bool keep_exp_;
   const int64_t num_peers_;
   const T inv_others_, gamma_;
   const bool gamma_one_;
   std::vector<Vec> q_, qg_, med_acc_, s_acc_;
   std::vector<double> med_total_, s_total_;
-  std::vector<T> us_, qgs_, ps_, max_, norm_;
+  std::vector<T> us_, qgs_, ps_, max_, norm_, scale_;
   std::vector<int64_t> specials_;
 };
 
 // ---- the sweeps over a tile: one row per task --------------------------------------------
 
 template <typename T, typename Fn>
-void for_each_row(const Tile<T>& tile, T gamma, Fn&& fn) {
+void for_each_row(const Tile<T>& tile, T gamma, Fn&& fn, bool keep_exp = false) {
   at::parallel_for(0, tile.rows, 1, [&](int64_t row_begin, int64_t row_end) {
-    RowSweeper<T> sweeper(tile, gamma);
+    RowSweeper<T> sweeper(tile, gamma, keep_exp);
     for (int64_t r = row_begin; r < row_end; ++r) fn(sweeper, r, tile.active[tile.row0 + r]);
   });
 }
@@ -434,19 +450,23 @@ void finish_row(const RowPass<T>& pass, int64_t num_peers, int64_t num_rows, int
 
 template <typename T>
 void rows_tile(const Tile<T>& tile, const RowPass<T>& pass) {
-  for_each_row(tile, pass.stats.gamma, [&](RowSweeper<T>& sweeper, int64_t r, bool active) {
-    if (!active) {
-      if (pass.coef_a != nullptr) sweeper.zero(r);
-      return;
-    }
-    const int64_t n = tile.row0 + r;
-    sweeper.lse(r, pass.state);
-    finish_row(pass, tile.num_peers, tile.num_rows, n);
-    if (tile.num_peers > 1) sweeper.med(r, pass.stats, pass.med_sum, pass.s_rest, pass.s_amax);
-    if (pass.coef_a != nullptr) {
-      sweeper.grad(r, pass.stats, pass.coef_a, pass.coef_b, pass.s_rest, pass.s_amax);
-    }
-  });
+  const T gamma = pass.stats.gamma;
+  for_each_row(
+      tile, gamma,
+      [&](RowSweeper<T>& sweeper, int64_t r, bool active) {
+        if (!active) {
+          if (pass.coef_a != nullptr) sweeper.zero(r);
+          return;
+        }
+        const int64_t n = tile.row0 + r;
+        sweeper.lse(r, pass.state);
+        finish_row(pass, tile.num_peers, tile.num_rows, n);
+        if (tile.num_peers > 1) sweeper.med(r, pass.stats, pass.med_sum, pass.s_rest, pass.s_amax);
+        if (pass.coef_a != nullptr) {
+          sweeper.grad(r, pass.stats, pass.coef_a, pass.coef_b, pass.s_rest, pass.s_amax);
+        }
+      },
+      /*keep_exp=*/gamma == T(1));
 }
 
 // One table per instruction set; HAIL_SWEEP_TABLE names its accessor.
