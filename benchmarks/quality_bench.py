@@ -90,10 +90,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.ablation:
         variants, peers = ABLATION, [args.ablation_peers]
     else:
-        variants, peers = (
-            [("default" if _is_default(args) else "custom",) + _loss(args)],
-            args.peers,
-        )
+        variants, peers = [(_label(_loss(args)),) + _loss(args)], args.peers
     runs = []
     for label, alpha, gamma, beta in variants:
         for k in peers:
@@ -110,8 +107,9 @@ def _loss(args) -> tuple:
     return (args.alpha, args.gamma, args.beta)
 
 
-def _is_default(args) -> bool:
-    return _loss(args) == DEFAULT_VARIANT[1:]
+def _label(loss: tuple) -> str:
+    """The ablation's name for these (alpha, gamma, beta), so that runs of both modes group."""
+    return next((label for label, *known in ABLATION if tuple(known) == loss), "custom")
 
 
 def run_dir(args: argparse.Namespace, settings: dict) -> Path:
