@@ -87,6 +87,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
     """One dict of `hail train` settings per run, K and variant outermost, seeds innermost."""
     shared = {name: getattr(args, name) for name in BUDGET}
     shared.update(data=args.data, model=args.model, keep_history=args.keep_history)
+    suffix = ""
+    if args.per_peer_items:  # only then in the settings, so earlier runs keep their directories
+        shared["shared_items"], suffix = False, ", per-peer items"
     if args.ablation:
         variants, peers = ABLATION, [args.ablation_peers]
     else:
@@ -97,9 +100,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
             for seed in args.seeds:
                 settings = {**shared, "peers": k, "alpha": alpha, "gamma": gamma, "beta": beta}
                 settings["seed"] = seed
-                runs.append(
-                    {"variant": label, "settings": settings, "dir": run_dir(args, settings)}
-                )
+                run = {"variant": label + suffix, "settings": settings}
+                runs.append({**run, "dir": run_dir(args, settings)})
     return runs
 
 
@@ -176,7 +178,9 @@ def _flags(settings: dict) -> list[str]:
     flags = []
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
+        if name == "shared_items":
+            flags += [] if value else ["--per-peer-items"]
+        elif isinstance(value, bool):
             flags += [flag] if value else []
         else:
             flags += [flag, str(value)]
@@ -383,7 +387,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     markerfacecolor=f"C{index}" if who == "peer_mean" else "none",
                     capsize=3,
                     color=f"C{index}",
-                    label=f"{setup[0]} {setup[1]}, {who}",
+                    label=f"{setup[0]} {setup[1]} ({setup[3].split(',')[0]}), {who}",
                 )
         axes.set(xlabel="K (peers; 1 = single network)", ylabel=f"test {metric.upper()}, full")
         axes.set_xticks(sorted({k for (_s, _v, k) in groups}))
@@ -416,6 +420,9 @@ def _parser() -> argparse.ArgumentParser:
         "--keep-history",
         action="store_true",
         help="full ranking keeps the user's history (right for repeat consumption: nyc16)",
+    )
+    parser.add_argument(
+        "--per-peer-items", action="store_true", help="each peer its own item table"
     )
     budget = parser.add_argument_group("budget (the same for every run)")
     budget.add_argument("--epochs", type=int, default=8)
