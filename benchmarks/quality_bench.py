@@ -274,9 +274,9 @@ def aggregate(rows: list[dict]) -> dict:
         setup = (row["model"], row["data"], row["keep_history"], _budget(row))
         variant = (row["variant"], row["alpha"], row["gamma"], row["beta"])
         group = groups.setdefault((setup, variant, int(row["K"])), {"train_s": {}, "best": {}})
-        group.setdefault((row["protocol"], row["who"], row["metric"]), []).append(
-            float(row["value"])
-        )
+        key = (row["protocol"], row["who"], row["metric"])
+        group.setdefault(key, []).append(float(row["value"]))
+        group.setdefault(("by seed", *key), {})[row["seed"]] = float(row["value"])
         group["train_s"][row["seed"]] = float(row["train_s"])
         group["best"][row["seed"]] = f"{row['best_epoch']}/{row['epochs_run']}"
     return groups
@@ -333,28 +333,39 @@ def _cell(values: list) -> str:
 
 
 def verdicts(groups: dict, setup: tuple) -> list[str]:
-    """Each K > 1 of the default loss against K = 1, on the peers' full-ranking metrics: a
-    gain counts only when the means differ by more than the two standard deviations together."""
+    """Each variant with K > 1 against the single network, on the peers' full-ranking metrics.
+
+    A gain counts only when the means differ by more than the two standard deviations together.
+    The paired difference (same seed: same data order) is given beside it, for what it is worth.
+    """
     default = tuple(str(v) for v in DEFAULT_VARIANT)
-    by_k = {k: g for (s, v, k), g in groups.items() if s == setup and _same(v, default)}
-    if 1 not in by_k:
+    single = next((g for (s, v, k), g in groups.items() if (s, k) == (setup, 1)), None)
+    if single is None:
         return []
     lines = []
-    for k in sorted(by_k):
-        if k == 1:
+    for (s, variant, k), group in sorted(groups.items(), key=lambda item: item[0][1:]):
+        if s != setup or k == 1:
             continue
-        parts = []
-        for metric in SUMMARY_METRICS:
-            single = by_k[1].get(("full", "peer_mean", metric), [])
-            peers = by_k[k].get(("full", "peer_mean", metric), [])
-            (m1, s1), (mk, sk) = _mean_std(single), _mean_std(peers)
-            if min(len(single), len(peers)) < 2:
-                word = "single seed, no spread to compare with"
-            else:
-                word = "beats K=1" if mk - m1 > s1 + sk else "does not beat K=1"
-            parts.append(f"{metric.upper()} {mk - m1:+.4f} (spread {s1 + sk:.4f}): {word}")
-        lines.append(f"- K={k} peers vs K=1, full ranking: " + "; ".join(parts) + ".")
+        parts = [_compare(single, group, metric) for metric in SUMMARY_METRICS]
+        name = f"K={k}" + ("" if _same(variant, default) else f" {variant[0]}")
+        lines.append(f"- {name} vs K=1, full ranking, peers' mean: " + "; ".join(parts) + ".")
     return lines
+
+
+def _compare(single: dict, group: dict, metric: str) -> str:
+    key = ("full", "peer_mean", metric)
+    (m1, s1), (mk, sk) = _mean_std(single[key]), _mean_std(group[key])
+    before, after = single[("by seed", *key)], group[("by seed", *key)]
+    paired = [after[seed] - before[seed] for seed in sorted(set(before) & set(after))]
+    if min(len(single[key]), len(group[key])) < 2:
+        same = f"; same seed {paired[0]:+.4f}" if paired else ""
+        return f"{metric.upper()} {mk - m1:+.4f} (one seed, no spread{same})"
+    word = "beats K=1" if mk - m1 > s1 + sk else "does not beat K=1"
+    text = f"{metric.upper()} {mk - m1:+.4f} (spread {s1 + sk:.4f}): {word}"
+    if len(paired) > 1:
+        mean, std = _mean_std(paired)
+        text += f", paired over {len(paired)} seeds {mean:+.4f} ± {std:.4f}"
+    return text
 
 
 def _same(variant: tuple, default: tuple) -> bool:

@@ -57,7 +57,7 @@ def test_summary_and_plot(bench):
     summary = (root / "quality_summary.md").read_text()
     assert "## sasrec on cycle" in summary
     assert "| default | 1 | 2 |" in summary and "| default | 2 | 2 |" in summary
-    assert "K=2 peers vs K=1, full ranking: NDCG@10" in summary
+    assert "- K=2 vs K=1, full ranking, peers' mean: NDCG@10" in summary
     assert (root / "quality.png").stat().st_size > 0
 
 
