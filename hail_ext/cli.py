@@ -23,6 +23,10 @@ def main(argv: list | None = None) -> int:
         logging.getLogger("hail_ext").debug("failed", exc_info=True)
         print(f"hail: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        from hail_ext.train import distributed
+
+        distributed.teardown()
 
 
 def train(args: argparse.Namespace) -> int:

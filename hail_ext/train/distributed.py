@@ -24,8 +24,9 @@ def setup(device: str) -> tuple:
     return dist.get_rank(), dist.get_world_size(), torch.device(device)
 
 
-def teardown(started_here: bool) -> None:
-    if started_here and dist.is_initialized():
+def teardown() -> None:
+    """End the process group, if any: once per process, when it is done training."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -60,7 +60,8 @@ class Trainer:
         """Train, keep the best epoch by validation NDCG@10 (full ranking, ensemble), and return
         the metrics of metrics.json: {"test": ..., "valid": ..., "config": ...}."""
         cfg = self.config
-        started = not torch.distributed.is_initialized()
+        # The process group, once started, lives as long as the process (the CLI ends it):
+        # destroying and starting it again under torchrun's store can hang the rendezvous.
         self.rank, self.world, self.device = distributed.setup(cfg.device)
         handler = self._start_log() if self.rank == 0 else None
         try:
@@ -73,7 +74,6 @@ class Trainer:
             if handler is not None:
                 logging.getLogger("hail_ext").removeHandler(handler)
                 handler.close()
-            distributed.teardown(started)
 
     def time_steps(self, num_steps: int, warmup: int = 2) -> dict:
         """Time `num_steps` training steps of the first epoch after `warmup` untimed ones (for
