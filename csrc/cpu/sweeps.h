@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "../sweep_state.h"
+
 namespace hail_ext::cpu {
 
 template <typename T>
@@ -20,29 +22,6 @@ struct Tile {
   int64_t num_rows;       // N, the stride of the [K, N] state arrays
   const int64_t* target;  // [N]
   const bool* active;     // [N]: rows that carry loss; the others are skipped (grad zeroed)
-};
-
-// Running log-sum-exp of every (peer, row), kept as the largest logit `max` at item `amax`
-// (lowest index among ties) plus `rest` = sum over the other items of exp(z - max). Keeping
-// the arg-max item apart gives log(1 - p) of the most likely item to full precision.
-template <typename T>
-struct LseState {
-  T* max;           // [K, N], start at -inf
-  T* rest;          // [K, N], start at 0
-  int64_t* amax;    // [K, N], start at -1
-  T* target_logit;  // [K, N]
-};
-
-// Per-(peer, row) results of the first sweep that the later sweeps read. The log-sum-exp is kept
-// as max + log_norm: log p(v) = (z(v) - max) - log_norm loses nothing for items near the max.
-template <typename T>
-struct RowStats {
-  const T* max;          // [K, N]
-  const T* log_norm;     // [K, N]: log1p(rest)
-  const int64_t* amax;   // [K, N]
-  const T* log1mp_amax;  // [K, N]: log(1 - p(amax)) = log(rest) - log1p(rest)
-  const T* ratio_amax;   // [K, N]: p(amax) / (1 - p(amax)) = 1 / rest
-  T gamma;
 };
 
 // Everything the three sweeps of a row need when they run back to back on one visit of the row

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "../sweep_state.h"
+
 namespace hail_ext::cuda {
 
 // Peer counts the sweeps are compiled for (per-thread arrays are sized at compile time).
@@ -25,28 +27,6 @@ struct Tile {
   int64_t num_rows;       // N, the stride of the [K, N] state arrays
   const int64_t* target;  // [N]
   const bool* active;     // [N]: rows that carry loss; the others are skipped (grad zeroed)
-};
-
-// Running log-sum-exp of every (peer, row): the largest logit `max` at item `amax` (lowest index
-// among ties, -1 before any item) plus `rest` = sum over the other items of exp(z - max).
-template <typename T>
-struct LseState {
-  T* max;           // [K, N], start at -inf
-  T* rest;          // [K, N], start at 0
-  int64_t* amax;    // [K, N], start at -1
-  T* target_logit;  // [K, N]
-};
-
-// Per-(peer, row) results of the first sweep that the later sweeps read. The log-sum-exp is kept
-// as max + log_norm: log p(v) = (z(v) - max) - log_norm loses nothing for items near the max.
-template <typename T>
-struct RowStats {
-  const T* max;          // [K, N]
-  const T* log_norm;     // [K, N]: log1p(rest)
-  const int64_t* amax;   // [K, N]
-  const T* log1mp_amax;  // [K, N]: log(1 - p(amax))
-  const T* ratio_amax;   // [K, N]: p(amax) / (1 - p(amax))
-  T gamma;
 };
 
 // Sweep 1: fold the tile into the running (max, amax, rest) of the active rows and pick up the
