@@ -17,6 +17,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ PRESETS = {
         "rep_budget": 4.0,
     },
 }
+MMAP_THRESHOLD = 1 << 20  # bytes; see _launch
 MEMORY_FRACTION = 0.6  # of MemAvailable that one provider's estimated peak may take
 
 DEFAULTS = {
@@ -207,8 +209,14 @@ def _launch(args, point: bu.Point, providers: list[str]) -> tuple[list[dict], st
         "threads": args.threads,
     }
     command = [sys.executable, __file__, "--one-point", json.dumps(spec)]
+    # glibc serves blocks under a threshold that it raises as blocks are freed (up to 32 MiB)
+    # from its heap, which keeps freed pages resident: peak RSS then swung by one gradient's
+    # size from run to run. A fixed threshold maps every large block and unmaps it when freed.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.point_timeout)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=args.point_timeout, env=env
+        )
     except subprocess.TimeoutExpired as expired:
         logger.warning("%s %s: stopped after %.0f s", point, providers, args.point_timeout)
         return parse_records(expired.stdout), "timeout"

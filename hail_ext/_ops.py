@@ -2,8 +2,10 @@
 
 `hail_ext::med_forward` returns the loss and, when asked (`compute_grad`) and the loss is reduced
 to a scalar, the gradients of the inputs for a unit upstream gradient, computed in the same sweeps
-over the items. The backward then only scales them. For `reduction="none"` the upstream gradient
-differs per row, so the backward runs `hail_ext::med_backward`, which sweeps the items again.
+over the items. The first backward then only scales them, in place, and hands them on without a
+copy. For `reduction="none"` the upstream gradient differs per row, so the backward runs
+`hail_ext::med_backward`, which sweeps the items again; so does a second backward through a
+retained graph, whose gradients may then differ from the first's by rounding.
 """
 
 from __future__ import annotations
@@ -115,10 +117,21 @@ if _C is not None:
         ctx.reduction = reduction
         ctx.options = (ignore_index, alpha, gamma)
         ctx.has_bias = bias is not None
-        if ctx.eager:
+        ctx.pending = None
+        ctx.saved_grads = ctx.eager and _traced(grad_weight)
+        if ctx.saved_grads:
             ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        else:
-            ctx.save_for_backward(hidden, item_weight, target, bias, row_weight, kept, saved, amax)
+            return
+        ctx.save_for_backward(hidden, item_weight, target, bias, row_weight, kept, saved, amax)
+        if ctx.eager:
+            # Held outside the saved tensors so that the first backward can scale them in place
+            # and hand them on without a copy (a copy of grad item_weight is as big as the table).
+            ctx.pending = (grad_hidden, grad_weight, grad_bias)
+
+    def _traced(tensor) -> bool:
+        """Whether the op is being traced (torch.compile, export, opcheck): there the backward
+        must not write into the forward's outputs."""
+        return torch.compiler.is_compiling() or type(tensor) is not torch.Tensor
 
     def _backward(ctx, grad_loss, *_unused):
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
@@ -128,9 +141,13 @@ if _C is not None:
                 "hail_ext.med_loss does not support double backward (create_graph=True); "
                 "use hail_ext.reference.med_loss for higher-order gradients"
             )
-        if ctx.eager:
+        pending, ctx.pending = ctx.pending, None
+        if pending is not None:
+            grad_hidden, grad_weight, grad_bias = (g.mul_(grad_loss) for g in pending)
+        elif ctx.saved_grads:
             grad_hidden, grad_weight, grad_bias = (g * grad_loss for g in ctx.saved_tensors)
         else:
+            # reduction="none", or a second backward through a retained graph: sweep again.
             hidden, item_weight, target, bias, row_weight, kept, saved, amax = ctx.saved_tensors
             grad_rows = _row_grads(grad_loss, ctx.reduction, hidden, target, row_weight, ctx)
             grad_hidden, grad_weight, grad_bias = torch.ops.hail_ext.med_backward(

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from loss_cases import assert_close_to_reference, make_case
+import hail_ext
+from loss_cases import assert_close_to_reference, loss_and_grads, make_case, rel_err
 
 # (rows per block, items per tile): one tile per block; several blocks and tiles with ragged
 # ends; one row at a time.
@@ -56,6 +57,27 @@ def test_non_unit_upstream_gradient(tiling):
         assert_close_to_reference(
             case, None, 1e-10, upstream=torch.tensor(-2.5), reduction=reduction
         )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_retained_graph_backward_repeats(tiling, reduction):
+    # The first backward hands its precomputed gradients on without a copy; later ones through a
+    # retained graph must not see them changed, even when the caller edits .grad in place.
+    case = make_case(2, ignored=2, bias="shared", seed=8)
+    want, want_grads = loss_and_grads(
+        hail_ext.reference.med_loss, case, torch.float64, reduction=reduction
+    )
+    hidden, weight, bias = case.inputs()
+    loss = hail_ext.med_loss(hidden, weight, case.target, bias=bias, reduction=reduction)
+    assert rel_err(loss.detach(), want) < 1e-10
+    total = 0.0
+    for upstream in (1.0, 0.0, -2.5, 1.0):
+        loss.backward(torch.tensor(upstream, dtype=loss.dtype), retain_graph=True)
+        total += upstream
+        for leaf, w in zip((hidden, weight, bias), want_grads, strict=True):
+            assert rel_err(leaf.grad, total * w) < 1e-10
+            leaf.grad.mul_(0.5)  # an in-place edit, as gradient clipping makes
+        total *= 0.5
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096)])
