@@ -43,7 +43,8 @@ Plan make_plan(const PlanLimits& limits, int64_t num_peers, int64_t num_rows, in
 
   const int64_t block = std::min(limits.tiled_block_rows, rows_cap);
   const int64_t align = limits.tile_align;
-  const int64_t items = budget / (num_peers * block * elt) / align * align;
+  const int64_t tiled_budget = std::min(budget, limits.tiled_workspace_mb << 20);
+  const int64_t items = tiled_budget / (num_peers * block * elt) / align * align;
   return {block, std::min(std::max(items, align), num_items)};
 }
 

@@ -113,6 +113,9 @@ if _C is not None:
             compute_grad,
         ) = inputs
         _loss, _ce, _med, kept, saved, amax, grad_hidden, grad_weight, grad_bias = output
+        # Only the loss receives a gradient; materialised zeros for the other outputs would cost
+        # a tensor the size of the item table.
+        ctx.set_materialize_grads(False)
         ctx.eager = bool(compute_grad) and reduction != 0
         ctx.reduction = reduction
         ctx.options = (ignore_index, alpha, gamma)
@@ -142,6 +145,8 @@ if _C is not None:
                 "use hail_ext.reference.med_loss for higher-order gradients"
             )
         pending, ctx.pending = ctx.pending, None
+        if grad_loss is None:
+            return (None,) * 11
         if pending is not None:
             grad_hidden, grad_weight, grad_bias = (g.mul_(grad_loss) for g in pending)
         elif ctx.saved_grads:

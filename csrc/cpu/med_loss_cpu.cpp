@@ -25,10 +25,11 @@ namespace {
 // Whole-catalogue blocks of 128 to 1024 rows, else blocks of 1024 rows over tiles of items.
 // Fewer rows than 128 per block re-read the item table from memory too often: measured at K=1,
 // V=1e5, 83-row blocks took 3.8 s against 3.4 s for 2048-item tiles of 1024 rows (which compute
-// the logits twice). 32 MB keeps the workspace in the last-level cache (benchmarks/NOTES.md, v6).
-constexpr PlanLimits kCpuPlan{/*workspace_mb=*/32, /*min_block_rows=*/128,
-                              /*max_block_rows=*/1024, /*tiled_block_rows=*/1024,
-                              /*tile_align=*/64};
+// the logits twice). Larger tiles measured no faster, so tiles stay at 8 MB; whole-catalogue
+// blocks may take 32 MB, which keeps them in the last-level cache (benchmarks/NOTES.md, v6).
+constexpr PlanLimits kCpuPlan{/*workspace_mb=*/32,       /*tiled_workspace_mb=*/8,
+                              /*min_block_rows=*/128,    /*max_block_rows=*/1024,
+                              /*tiled_block_rows=*/1024, /*tile_align=*/64};
 constexpr int64_t kGradSlice = 8192;
 
 template <typename T>

@@ -27,7 +27,8 @@ namespace hail_ext::cuda {
 namespace {
 
 // Whole-catalogue blocks of 128 to 4096 rows, else blocks of 512 rows over tiles of items.
-constexpr PlanLimits kCudaPlan{/*workspace_mb=*/512, /*min_block_rows=*/128,
+constexpr PlanLimits kCudaPlan{/*workspace_mb=*/512,    /*tiled_workspace_mb=*/512,
+                               /*min_block_rows=*/128,
                                /*max_block_rows=*/4096, /*tiled_block_rows=*/512,
                                /*tile_align=*/128};
 constexpr int64_t kProductRows = 8192;  // rows of one float32 partial gradient product
