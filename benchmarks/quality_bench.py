@@ -4,7 +4,8 @@ Trains, with one encoder, budget and set of seeds, the single network (K=1) and 
 peers, each run a `hail train` in its own process; collects the test metrics (full ranking and
 sampled-99, each peer, their mean and the ensemble) of every run's metrics.json into long-format
 CSV rows, then writes a Markdown summary (mean +- std over seeds) and a plot. `--ablation` runs
-MED's knobs instead: alpha 1 (no MED), gamma 2, beta 0.01 and 0.02 beside the default.
+MED's knobs instead: alpha 1 (no MED), each of MED's two terms alone, gamma 2, beta 0.01 and
+0.02 beside the default.
 
 Model selection is the trainer's own: the epoch of best validation NDCG@10 (ensemble, full
 ranking); the test split is only read. Finished runs are reused (the run directory is named by
@@ -36,12 +37,14 @@ logger = logging.getLogger("quality_bench")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-# (label, alpha, gamma, beta). The loss has one switch for both parts of MED, alpha: the
-# weighted target term and the pushed-off wrong items cannot be turned off one at a time.
+# (label, alpha, gamma, beta[, med_terms]): MED's knobs, and its two terms one at a time
+# (hail_ext/train/med_terms.py).
 DEFAULT_VARIANT = ("default", 0.5, 1.0, 0.0)
 ABLATION = (
     ("alpha=1 (CE only)", 1.0, 1.0, 0.0),
     DEFAULT_VARIANT,
+    ("MED target term only", 0.5, 1.0, 0.0, "target"),
+    ("MED push term only", 0.5, 1.0, 0.0, "push"),
     ("gamma=2", 0.5, 2.0, 0.0),
     ("beta=0.01", 0.5, 1.0, 0.01),
     ("beta=0.02", 0.5, 1.0, 0.02),
@@ -95,10 +98,12 @@ def plan(args: argparse.Namespace) -> list[dict]:
     else:
         variants, peers = [(_label(_loss(args)),) + _loss(args)], args.peers
     runs = []
-    for label, alpha, gamma, beta in variants:
+    for label, alpha, gamma, beta, *terms in variants:
         for k in peers:
             for seed in args.seeds:
                 settings = {**shared, "peers": k, "alpha": alpha, "gamma": gamma, "beta": beta}
+                if terms:  # only then in the settings, so earlier runs keep their directories
+                    settings["med_terms"] = terms[0]
                 settings["seed"] = seed
                 run = {"variant": label + suffix, "settings": settings}
                 runs.append({**run, "dir": run_dir(args, settings)})
@@ -111,7 +116,7 @@ def _loss(args) -> tuple:
 
 def _label(loss: tuple) -> str:
     """The ablation's name for these (alpha, gamma, beta), so that runs of both modes group."""
-    return next((label for label, *known in ABLATION if tuple(known) == loss), "custom")
+    return next((v[0] for v in ABLATION if len(v) == 4 and tuple(v[1:]) == loss), "custom")
 
 
 def run_dir(args: argparse.Namespace, settings: dict) -> Path:

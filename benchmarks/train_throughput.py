@@ -32,7 +32,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     import hail_ext
     from hail_ext.train.config import TrainConfig
-    from hail_ext.train.trainer import Trainer, default_loss
+    from hail_ext.train.med_terms import full_loss
+    from hail_ext.train.trainer import Trainer
 
     def reference(hidden, item_weight, target, **options):
         return hail_ext.reference.med_loss(hidden, item_weight, target, **options), None
@@ -49,7 +50,7 @@ def measure(args: argparse.Namespace) -> dict:
         device=args.device,
         seed=0,
     )
-    loss_fn = default_loss if args.one_loss == "fused" else reference
+    loss_fn = full_loss if args.one_loss == "fused" else reference
     trainer = Trainer(config, ROOT / "benchmarks" / "results" / "tmp", loss_fn=loss_fn)
     timing = trainer.time_steps(args.steps, warmup=2)
     total = sum(timing["seconds"])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hail_ext.models.peers import ENCODERS
+from hail_ext.train.med_terms import MED_TERMS
 from hail_ext.train.schedules import ALPHA_SCHEDULES
 
 TABLE_METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20")
@@ -181,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--alpha-warmup", type=float, help="fraction of steps to reach --alpha")
     run.add_argument("--gamma", type=float)
     run.add_argument("--beta", type=float, help="fraction of hardest rows that may be dropped")
+    run.add_argument(
+        "--med-terms", choices=MED_TERMS, help="MED terms to keep (ablation; default both)"
+    )
     run.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     run.add_argument(
         "--keep-history",

@@ -68,3 +68,14 @@ def test_rerun_reuses_runs_and_replaces_rows(bench):
     after = _rows(root)[1]
     assert len(after) == len(before)
     assert [row["value"] for row in after] == [row["value"] for row in before]
+
+
+def test_ablation_plan_switches_each_med_term(bench):
+    _, _, quality_bench = bench
+    args = quality_bench._parser().parse_args(["--ablation", "--seeds", "0", "1"])
+    runs = quality_bench.plan(args)
+    terms = {run["variant"]: run["settings"].get("med_terms") for run in runs}
+    assert terms["MED target term only"] == "target" and terms["MED push term only"] == "push"
+    assert terms["default"] is None and terms["alpha=1 (CE only)"] is None
+    assert len(runs) == 2 * len(quality_bench.ABLATION)
+    assert len({run["dir"] for run in runs}) == len(runs)

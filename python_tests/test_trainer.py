@@ -167,6 +167,14 @@ def test_options_bf16_per_peer_tables_beta_and_alpha_schedule(tmp_path):
     assert all(v == v for v in metrics["test"]["full"]["ensemble"].values())  # no NaN
 
 
+@pytest.mark.parametrize("terms", ["target", "push"])
+def test_med_terms_train_through_the_config(tmp_path, terms):
+    trainer, metrics = _fit(tmp_path, epochs=1, med_terms=terms)
+    assert trainer.loss_fn.__qualname__.startswith("med_terms_loss")
+    assert metrics["config"]["med_terms"] == terms
+    assert all(v == v for v in metrics["test"]["full"]["ensemble"].values())  # no NaN
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
     checkpoint.save({"value": torch.tensor([1.0])}, path)

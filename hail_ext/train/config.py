@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from hail_ext.models.peers import ENCODERS
+from hail_ext.train.med_terms import MED_TERMS
 from hail_ext.train.schedules import ALPHA_SCHEDULES
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     alpha_warmup: float = 0.1  # fraction of all steps over which alpha falls from 1 to alpha
     gamma: float = 1.0
     beta: float = 0.0
+    med_terms: str = "both"  # "target" or "push" leaves the other MED term out (ablations)
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping; 0 = never
     eval_batch_size: int = 256
     keep_history: bool = False
@@ -68,6 +70,10 @@ class TrainConfig:
             raise ValueError(
                 f"alpha_schedule must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}"
             )
+        if self.med_terms not in MED_TERMS:
+            raise ValueError(f"med_terms must be one of {MED_TERMS}, got {self.med_terms!r}")
+        if self.med_terms != "both" and self.beta != 0.0:
+            raise ValueError(f"med_terms={self.med_terms!r} needs beta = 0, got {self.beta}")
         _in_range("dropout", self.dropout, 0.0, 1.0, upper_open=True)
         _in_range("mask_prob", self.mask_prob, 0.0, 1.0, lower_open=True, upper_open=True)
         _in_range("warmup", self.warmup, 0.0, 1.0)

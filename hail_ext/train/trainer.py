@@ -17,7 +17,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import hail_ext
 from hail_ext import data as data_module
 from hail_ext.data.batching import IGNORE, batches, cloze_examples, next_item_examples, shard_order
 from hail_ext.data.batching import windows as cut_windows
@@ -25,6 +24,7 @@ from hail_ext.eval import build_eval_set, evaluate
 from hail_ext.models import Peers
 from hail_ext.train import checkpoint, distributed, history
 from hail_ext.train.config import TrainConfig
+from hail_ext.train.med_terms import med_terms_loss
 from hail_ext.train.schedules import alpha_at, lr_factor
 
 logger = logging.getLogger(__name__)
@@ -32,26 +32,23 @@ logger = logging.getLogger(__name__)
 LAST, BEST = "checkpoint.pt", "best.pt"
 
 
-def default_loss(hidden, item_weight, target, **options):
-    return hail_ext.med_loss_with_stats(hidden, item_weight, target, **options)
-
-
 class Trainer:
     """Train `config` into `out_dir`. `loss_fn(hidden, item_weight, target, *, bias, alpha,
-    gamma, beta)` returns `(loss, stats or None)`; the default is the fused loss.
+    gamma, beta)` returns `(loss, stats or None)`; the default is the fused loss, with the MED
+    terms that `config.med_terms` keeps.
     `interactions` skips reading `config.data` (for tests and notebooks)."""
 
     def __init__(
         self,
         config: TrainConfig,
         out_dir: str | Path,
-        loss_fn=default_loss,
+        loss_fn=None,
         interactions=None,
         stop_after_epoch: int | None = None,
     ) -> None:
         self.config = config
         self.out = Path(out_dir)
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn if loss_fn is not None else med_terms_loss(config.med_terms)
         self.interactions = interactions
         # Ends the run after that epoch as a kill would: for testing --resume.
         self.stop_after_epoch = stop_after_epoch
@@ -333,7 +330,8 @@ class Trainer:
     def _restore(self, saved: dict) -> dict:
         ignored = ("progress", "device")
         now = {k: v for k, v in self.config.to_dict().items() if k not in ignored}
-        then = {k: v for k, v in saved["config"].items() if k not in ignored}
+        # A setting added after the checkpoint was written had its default then.
+        then = {**TrainConfig().to_dict(), **saved["config"]}
         changed = sorted(k for k in now if now[k] != then.get(k))
         if changed:
             raise ValueError(
