@@ -94,7 +94,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.per_peer_items:  # only then in the settings, so earlier runs keep their directories
         shared["shared_items"], suffix = False, ", per-peer items"
     if args.ablation:
-        variants, peers = ABLATION, [args.ablation_peers]
+        chosen = args.variants or [variant[0] for variant in ABLATION]
+        variants = [variant for variant in ABLATION if variant[0] in chosen]
+        peers = [args.ablation_peers]
     else:
         variants, peers = [(_label(_loss(args)),) + _loss(args)], args.peers
     runs = []
@@ -429,6 +431,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablation", action="store_true", help="run the MED ablation instead")
     parser.add_argument("--ablation-peers", type=int, default=2, help="K of the ablation")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[variant[0] for variant in ABLATION],
+        metavar="LABEL",
+        help="with --ablation, run only these variants (default: all)",
+    )
     parser.add_argument("--alpha", type=float, default=DEFAULT_VARIANT[1])
     parser.add_argument("--gamma", type=float, default=DEFAULT_VARIANT[2])
     parser.add_argument("--beta", type=float, default=DEFAULT_VARIANT[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -36,9 +37,11 @@ def train(args: argparse.Namespace) -> int:
 
     values = read_config_file(args.config) if args.config else {}
     source = args.config or "config"
-    for name in _TRAIN_SETTINGS:
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
+    # Flags left out are absent from `args` (argparse.SUPPRESS); every given one that names a
+    # setting overrides the file.
+    for field in dataclasses.fields(TrainConfig):
+        if hasattr(args, field.name):
+            values[field.name] = getattr(args, field.name)
     config = TrainConfig.from_dict(values, source=source)
     metrics = Trainer(config, args.out).fit(resume=args.resume)
     if metrics:
@@ -94,44 +97,6 @@ def format_table(results: dict, title: str) -> str:
         for name, values in views.items():
             lines.append(f"{name:<10}" + "".join(f"{values[m]:>9.4f}" for m in TABLE_METRICS))
     return "\n".join(lines)
-
-
-# Flags of `hail train` that become TrainConfig settings (argparse dest names).
-_TRAIN_SETTINGS = (
-    "data",
-    "format",
-    "k_core",
-    "model",
-    "peers",
-    "shared_items",
-    "item_bias",
-    "dim",
-    "layers",
-    "heads",
-    "dropout",
-    "max_len",
-    "mask_prob",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "clip_norm",
-    "alpha",
-    "alpha_schedule",
-    "alpha_warmup",
-    "gamma",
-    "beta",
-    "patience",
-    "keep_history",
-    "seed",
-    "device",
-    "bf16",
-    "progress",
-    "user_col",
-    "item_col",
-    "time_col",
-)
 
 
 def _parser() -> argparse.ArgumentParser:

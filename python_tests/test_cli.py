@@ -1,5 +1,6 @@
 """The `hail` command end to end, on a tiny log."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,7 +8,9 @@ import sys
 import pytest
 from synthetic import write_cycle_file
 
-from hail_ext.cli import main
+from hail_ext.cli import _parser, main
+from hail_ext.train import trainer
+from hail_ext.train.config import TrainConfig
 
 TINY = [
     "--model",
@@ -47,6 +50,30 @@ def test_train_writes_the_run_and_flags_override_the_config(trained, capsys):
     assert set(metrics["valid"]) == {"full", "sampled"}
     for name in ("history.csv", "learning_curve.png", "best.pt", "train.log"):
         assert (out / name).is_file()
+
+
+def test_every_train_flag_is_a_setting():
+    train = _parser()._subparsers._group_actions[0].choices["train"]
+    dests = {action.dest for action in train._actions} - {"help", "out", "config", "resume"}
+    assert dests <= {field.name for field in dataclasses.fields(TrainConfig)}
+
+
+def test_train_flags_reach_the_trainer(tmp_path, monkeypatch):
+    seen = {}
+
+    class Recorder:
+        def __init__(self, config, out_dir):
+            seen["config"] = config
+
+        def fit(self, resume):
+            return None
+
+    monkeypatch.setattr(trainer, "Trainer", Recorder)
+    flags = ["--med-terms", "push", "--gamma", "2", "--alpha-schedule", "linear", "--bf16"]
+    assert main(["train", "--data", "nyc16", "--out", str(tmp_path), *flags]) == 0
+    config = seen["config"]
+    assert (config.med_terms, config.gamma, config.alpha_schedule) == ("push", 2.0, "linear")
+    assert config.bf16 is True
 
 
 def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):

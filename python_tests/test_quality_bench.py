@@ -79,3 +79,24 @@ def test_ablation_plan_switches_each_med_term(bench):
     assert terms["default"] is None and terms["alpha=1 (CE only)"] is None
     assert len(runs) == 2 * len(quality_bench.ABLATION)
     assert len({run["dir"] for run in runs}) == len(runs)
+
+
+def test_each_run_command_carries_its_settings(bench):
+    _, _, quality_bench = bench
+    from hail_ext.cli import _parser
+    from hail_ext.train.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()  # what a flag left out (a False switch) leaves
+    args = quality_bench._parser().parse_args(["--ablation", "--seeds", "0", "--per-peer-items"])
+    for run in quality_bench.plan(args):
+        flags = ["train", "--out", "x", *quality_bench._flags(run["settings"])]
+        parsed = _parser().parse_args(flags)
+        for name, value in run["settings"].items():
+            assert getattr(parsed, name, defaults[name]) == value, (run["variant"], name)
+
+
+def test_variants_narrow_the_ablation(bench):
+    _, _, quality_bench = bench
+    argv = ["--ablation", "--variants", "MED push term only", "default", "--seeds", "0"]
+    runs = quality_bench.plan(quality_bench._parser().parse_args(argv))
+    assert [run["variant"] for run in runs] == ["default", "MED push term only"]
