@@ -27,8 +27,11 @@ logger = logging.getLogger("loss_bench")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODES = ("forward", "forward+backward")
-PROVIDERS = ("fused", "reference", "compiled", "torch_chunked", "torch_ce", "floor")
-K1_ONLY = ("torch_chunked", "torch_ce")
+PROVIDERS = ("fused", "reference", "compiled", "torch_chunked", "torch_ce", "cce", "liger", "floor")
+K1_ONLY = ("torch_chunked", "torch_ce", "cce", "liger")
+# Fused cross-entropies written in Triton: they run only on CUDA, from their own wheels
+# (`pip install cut-cross-entropy liger-kernel`).
+CUDA_ONLY = ("cce", "liger")
 
 # Norm-wise relative error allowed against float64 (docs/SPEC.md, "Checked properties").
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -85,8 +88,11 @@ class Point:
         return {"K": self.K, "N": self.N, "d": self.d, "V": self.V, "dtype": self.dtype}
 
 
-def applies(provider: str, point: Point) -> bool:
-    """PyTorch's own cross-entropies have no peers: they run only for K == 1."""
+def applies(provider: str, point: Point, device: str = "cpu") -> bool:
+    """The other cross-entropies have no peers: they run only for K == 1; the Triton ones only
+    on CUDA."""
+    if provider in CUDA_ONLY and not device.startswith("cuda"):
+        return False
     return point.K == 1 or provider not in K1_ONLY
 
 
@@ -121,6 +127,15 @@ def make_provider(name: str, compile_dynamic: bool = True):
         return lambda h, w, t: F.linear_cross_entropy(h[0], w, t, options=options)
     if name == "torch_ce":
         return lambda h, w, t: F.cross_entropy(h[0] @ w.T, t)
+    if name == "cce":
+        from cut_cross_entropy import linear_cross_entropy  # Apple's Cut Cross-Entropy
+
+        return lambda h, w, t: linear_cross_entropy(h[0], w, t)
+    if name == "liger":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()
+        return lambda h, w, t: liger(w, h[0], t)
     raise ValueError(f"unknown provider {name!r}; expected one of {PROVIDERS}")
 
 
@@ -201,7 +216,10 @@ def estimate_bytes(provider: str, point: Point) -> int:
     return inputs + (64 << 20)  # fused: tiles of a few MB, O(K * N) statistics
 
 
-def available_bytes() -> int:
+def available_bytes(device: str = "cpu") -> int:
+    """Free memory of the device: the GPU's for CUDA, else the machine's MemAvailable."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
     kib = _proc_field("/proc/meminfo", "MemAvailable")
     if kib is None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -56,6 +56,21 @@ PRESETS = {
         ],
         "rep_budget": 4.0,
     },
+    # Issue 6's goals on a GPU (--device cuda): K=1 in bfloat16 against the other fused
+    # cross-entropies at an LLM-sized and a catalogue-sized point; K=2 against the reference.
+    "gpu": {
+        "grids": [
+            dict(K=[1], N=[16384], d=[2048], V=[256_000], dtype=["bfloat16"]),
+            dict(K=[1], N=[32768], d=[64], V=[1_000_000], dtype=["bfloat16"]),
+            dict(K=[2], N=[4096], d=[64], V=[20_000, 300_000], dtype=["float32", "bfloat16"]),
+        ],
+        "providers": ["fused", "reference", "compiled", "torch_ce", "cce", "liger"],
+        "modes": ["forward+backward"],
+        "rep_budget": 3.0,
+        "min_reps": 5,
+        "max_reps": 50,
+        "point_timeout": 240.0,
+    },
 }
 MMAP_THRESHOLD = 1 << 20  # bytes; see _launch
 MEMORY_FRACTION = 0.6  # of MemAvailable that one provider's estimated peak may take
@@ -68,6 +83,7 @@ DEFAULTS = {
     "max_reps": 20,
     "isolate": "provider",
     "threads": None,
+    "point_timeout": 600.0,
 }
 
 
@@ -93,8 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--point-timeout",
         type=float,
-        default=600.0,
-        help="hard limit (s) on one fresh process; what is missing is 'timeout'",
+        help="hard limit (s) on one fresh process (default 600); what is missing is 'timeout'",
     )
     parser.add_argument(
         "--isolate",
@@ -144,8 +159,8 @@ def main(argv=None) -> int:
     grid = points(args.grids)
     if args.list:
         for point in grid:
-            providers = [p for p in args.providers if bu.applies(p, point)]
-            print(point, ", ".join(_memory_note(p, point) for p in providers))
+            providers = [p for p in args.providers if bu.applies(p, point, args.device)]
+            print(point, ", ".join(_memory_note(p, point, args.device) for p in providers))
         return 0
     context = bu.run_context(args.device, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,29 +181,29 @@ def main(argv=None) -> int:
 
 
 def _groups(args, point: bu.Point) -> list[list[str]]:
-    providers = [p for p in args.providers if bu.applies(p, point)]
+    providers = [p for p in args.providers if bu.applies(p, point, args.device)]
     return [providers] if args.isolate == "point" else [[p] for p in providers]
 
 
-def _fits(provider: str, point: bu.Point) -> bool:
+def _fits(provider: str, point: bu.Point, device: str) -> bool:
     """Leave room for the rest of the machine: the estimate is rough, the OOM killer is not."""
-    return bu.estimate_bytes(provider, point) <= MEMORY_FRACTION * bu.available_bytes()
+    return bu.estimate_bytes(provider, point) <= MEMORY_FRACTION * bu.available_bytes(device)
 
 
-def _memory_note(provider: str, point: bu.Point) -> str:
+def _memory_note(provider: str, point: bu.Point, device: str) -> str:
     note = f"{provider} ~{bu.estimate_bytes(provider, point) / 1e9:.2g} GB"
-    return note if _fits(provider, point) else note + " (too big: oom)"
+    return note if _fits(provider, point, device) else note + " (too big: oom)"
 
 
 def _run_group(args, point: bu.Point, providers: list[str]) -> list[dict]:
     """Run some providers of one point in a fresh process; rows for every expected metric."""
-    too_big = [p for p in providers if not _fits(p, point)]
+    too_big = [p for p in providers if not _fits(p, point, args.device)]
     for name in too_big:
         logger.warning(
             "%s at %s: %s GB free; recorded as oom",
             point,
-            _memory_note(name, point),
-            f"{bu.available_bytes() / 1e9:.1f}",
+            _memory_note(name, point, args.device),
+            f"{bu.available_bytes(args.device) / 1e9:.1f}",
         )
     to_run = [p for p in providers if p not in too_big]
     records, fallback = _launch(args, point, to_run) if to_run else ([], "oom")

@@ -98,3 +98,22 @@ def test_failed_and_missing_rows_are_kept(smoke_run):
     assert status["fused", "forward", "time_p50"] == "timeout"
     assert status["fused", "forward+backward", "time_p50"] == "failed"  # never reported
     assert {s for (p, _, _), s in status.items() if p == "reference"} == {"oom"}
+
+
+def test_triton_providers_run_only_on_cuda_and_k1(smoke_run):
+    """Cut Cross-Entropy and Liger are CUDA-only cross-entropies: never planned on the CPU."""
+    _, loss_bench = smoke_run
+    bu = loss_bench.bu
+    k1, k2 = bu.Point(1, 8, 4, 10, "float32"), bu.Point(2, 8, 4, 10, "float32")
+    for name in bu.CUDA_ONLY:
+        assert not bu.applies(name, k1, "cpu")
+        assert bu.applies(name, k1, "cuda") and bu.applies(name, k1, "cuda:1")
+        assert not bu.applies(name, k2, "cuda")
+    args = loss_bench.parse_args(["--preset", "smoke"])
+    (planned,) = loss_bench._groups(args, k1)  # the smoke preset: one process per point
+    assert "fused" in planned and not set(bu.CUDA_ONLY) & set(planned)
+
+    gpu = loss_bench.parse_args(["--preset", "gpu", "--device", "cuda"])
+    grid = loss_bench.points(gpu.grids)
+    assert bu.Point(1, 16384, 2048, 256_000, "bfloat16") in grid
+    assert {"cce", "liger", "fused"} <= set(gpu.providers) and gpu.point_timeout == 240.0
