@@ -55,6 +55,7 @@ COLUMNS = (
     ("run", "model", "data", "K", "seed", "variant", "alpha", "gamma", "beta", "keep_history")
     + ("split", "protocol", "who", "metric", "value")
     + BUDGET
+    + ("mask_prob",)
     + ("epochs_run", "best_epoch", "train_s", "wall_s", "threads", "machine", "commit", "date")
 )
 SUMMARY_METRICS = ("ndcg@10", "hr@10")
@@ -93,6 +94,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
     suffix = ""
     if args.per_peer_items:  # only then in the settings, so earlier runs keep their directories
         shared["shared_items"], suffix = False, ", per-peer items"
+    if args.mask_prob is not None:  # BERT4Rec's cloze masking; likewise only when given
+        shared["mask_prob"] = args.mask_prob
     if args.ablation:
         chosen = args.variants or [variant[0] for variant in ABLATION]
         variants = [variant for variant in ABLATION if variant[0] in chosen]
@@ -290,7 +293,8 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def _budget(row: dict) -> str:
-    return ", ".join(f"{name} {row[name]}" for name in BUDGET)
+    names = BUDGET + (("mask_prob",) if row.get("mask_prob") else ())
+    return ", ".join(f"{name} {row[name]}" for name in names)
 
 
 def _mean_std(values: list) -> tuple[float, float]:
@@ -459,6 +463,9 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--dropout", type=float, default=0.2)
     budget.add_argument("--batch-size", type=int, default=128)
     budget.add_argument("--lr", type=float, default=1e-3)
+    budget.add_argument(
+        "--mask-prob", type=float, help="BERT4Rec: share of items masked (trainer default 0.2)"
+    )
     where = parser.add_argument_group("where and how")
     where.add_argument("--jobs", type=int, default=1, help="runs at once, each in a process")
     where.add_argument(

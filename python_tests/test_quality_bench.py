@@ -100,3 +100,19 @@ def test_variants_narrow_the_ablation(bench):
     argv = ["--ablation", "--variants", "MED push term only", "default", "--seeds", "0"]
     runs = quality_bench.plan(quality_bench._parser().parse_args(argv))
     assert [run["variant"] for run in runs] == ["default", "MED push term only"]
+
+
+def test_mask_prob_is_a_setting_only_when_given(bench):
+    """--mask-prob reaches the trainer and the summary's budget; runs without it keep the
+    directories (settings hashes) they had before the flag existed."""
+    _, argv, quality_bench = bench
+    plain = quality_bench.plan(quality_bench._parser().parse_args(argv))
+    masked = quality_bench.plan(
+        quality_bench._parser().parse_args(argv + ["--model", "bert4rec", "--mask-prob", "0.6"])
+    )
+    assert all("mask_prob" not in run["settings"] for run in plain)
+    assert all(run["settings"]["mask_prob"] == 0.6 for run in masked)
+    assert "--mask-prob" in quality_bench._flags(masked[0]["settings"])
+    row = {name: "1" for name in quality_bench.BUDGET}
+    assert "mask_prob" not in quality_bench._budget({**row, "mask_prob": ""})
+    assert quality_bench._budget({**row, "mask_prob": "0.6"}).endswith("mask_prob 0.6")
