@@ -117,3 +117,26 @@ def test_triton_providers_run_only_on_cuda_and_k1(smoke_run):
     grid = loss_bench.points(gpu.grids)
     assert bu.Point(1, 16384, 2048, 256_000, "bfloat16") in grid
     assert {"cce", "liger", "fused"} <= set(gpu.providers) and gpu.point_timeout == 240.0
+
+
+def test_dtype_ab_alternates_and_records_every_call(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import dtype_ab
+
+    out = tmp_path / "ab.csv"
+    argv = ["--rounds", "2", "--point", "2", "64", "8", "300", "--csv", str(out)]
+    assert dtype_ab.main(argv) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Two rounds of A B B A: four calls of each dtype, every one its own row.
+    assert sorted(row["dtype"] for row in rows) == ["bfloat16"] * 4 + ["float32"] * 4
+    assert all(float(row["seconds"]) > 0 and row["K"] == "2" for row in rows)
+    assert "ratio: p20" in capsys.readouterr().out
+
+
+def test_dtype_ab_refuses_peers_for_a_k1_provider(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import dtype_ab
+
+    with pytest.raises(SystemExit):
+        dtype_ab.parse_args(["--provider", "torch_ce", "--point", "2", "64", "8", "300"])
