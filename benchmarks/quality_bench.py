@@ -386,15 +386,20 @@ def _same(variant: tuple, default: tuple) -> bool:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """NDCG@10 and HR@10 (full ranking, test) against K, mean with std bars, of the default
-    loss: the peers' mean solid, the ensemble dashed, one colour per setup."""
+    """NDCG@10 and HR@10 (full ranking, test) against K, of the default loss, as the change from
+    the same setup's single network in percent (mean with std bars, both over seeds, scaled by
+    the K = 1 mean), so that setups of very different levels share one axis: the peers' mean
+    solid, the ensemble dashed, one colour per setup. Setups without a K = 1 run are left out."""
     groups = aggregate(rows)
     default = tuple(str(v) for v in DEFAULT_VARIANT)
-    setups = sorted({s for (s, v, _k) in groups if _same(v, default)})
+    setups = sorted({s for (s, v, k) in groups if _same(v, default) and k == 1})
     figure = Figure(figsize=(10, 4), layout="constrained")
     for axes, metric in zip(figure.subplots(1, 2), SUMMARY_METRICS, strict=True):
         for index, setup in enumerate(setups):
             ks = sorted(k for (s, v, k) in groups if s == setup and _same(v, default))
+            single, _ = _mean_std(
+                groups[(setup, _key(groups, setup, 1), 1)][("full", "peer_mean", metric)]
+            )
             for who, style in (("peer_mean", "-"), ("ensemble", "--")):
                 stats = [
                     _mean_std(groups[(setup, _key(groups, setup, k), k)][("full", who, metric)])
@@ -402,8 +407,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 ]
                 axes.errorbar(
                     [k + 0.04 * (who == "ensemble") for k in ks],
-                    [mean for mean, _ in stats],
-                    yerr=[std for _, std in stats],
+                    [100.0 * (mean / single - 1.0) for mean, _ in stats],
+                    yerr=[100.0 * std / single for _, std in stats],
                     linestyle=style,
                     marker="o" if who == "peer_mean" else "s",
                     markerfacecolor=f"C{index}" if who == "peer_mean" else "none",
@@ -411,7 +416,11 @@ def plot(rows: list[dict], path: Path) -> None:
                     color=f"C{index}",
                     label=f"{setup[0]} {setup[1]} ({setup[3].split(',')[0]}), {who}",
                 )
-        axes.set(xlabel="K (peers; 1 = single network)", ylabel=f"test {metric.upper()}, full")
+        axes.axhline(0.0, color="grey", linewidth=0.8)
+        axes.set(
+            xlabel="K (peers; 1 = single network)",
+            ylabel=f"test {metric.upper()} (full): % change from K=1",
+        )
         axes.set_xticks(sorted({k for (_s, _v, k) in groups}))
         axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
