@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--checkpoint", required=True, help="best.pt of a training run")
     check.add_argument("--data", required=True, help="the data set it was trained on")
     check.add_argument("--out", default=None, help="directory to write metrics.json into")
-    check.add_argument("--keep-history", action="store_true", default=None)
+    check.add_argument(
+        "--keep-history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="full ranking keeps (or, with --no-keep-history, filters) the user's history "
+        "(default: as the checkpoint was trained)",
+    )
     check.add_argument("--device", default=None)
     return parser

@@ -89,6 +89,21 @@ def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):
     assert "ensemble" in table and "ndcg@10" in table
 
 
+def test_evaluate_switches_history_filtering_either_way(trained, tmp_path):
+    _, data, out = trained
+    runs = {}
+    for flag in ("--keep-history", "--no-keep-history"):
+        where = tmp_path / flag
+        argv = ["evaluate", "--checkpoint", str(out / "best.pt"), "--data", data]
+        assert main([*argv, "--out", str(where), flag]) == 0
+        runs[flag] = json.loads((where / "metrics.json").read_text())
+    assert runs["--keep-history"]["config"]["keep_history"] is True
+    assert runs["--no-keep-history"]["config"]["keep_history"] is False
+    # The model was trained with filtering, so --no-keep-history reproduces its metrics.
+    first = json.loads((out / "metrics.json").read_text())
+    assert runs["--no-keep-history"]["test"] == first["test"]
+
+
 def test_evaluate_refuses_other_data(trained, tmp_path, capsys):
     _, _, out = trained
     other = write_cycle_file(tmp_path / "other.txt", num_items=9)
