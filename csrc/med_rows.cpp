@@ -92,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor> grad_coefs(const at::Tensor& grad_rows,
                                               int64_t num_peers, double alpha) {
   const at::Tensor zero = at::zeros({}, coef_a.options());
   const at::Tensor scale = at::where(active, grad_rows * row_weight, zero);  // [K, N]
-  const at::Tensor a = (scale * coef_a).contiguous();
+  // Masked again: rows that never had a sweep carry NaN in coef_a, and 0 * NaN is NaN.
+  const at::Tensor a = at::where(active, scale * coef_a, zero).contiguous();
   const at::Tensor b =
       num_peers > 1 && alpha < 1.0 ? (scale * (1.0 - alpha)).contiguous() : at::Tensor();
   return {a, b};

@@ -65,6 +65,27 @@ def test_truncation(tiling, beta, num_peers):
     case = cuda_case(num_peers, num_rows=41, ignored=4, weights=True, seed=2)
     for reduction in ("mean", "none"):
         assert_close_to_reference(case, None, 1e-10, beta=beta, reduction=reduction)
+        assert_close_to_reference(case, torch.float32, 1e-5, beta=beta, reduction=reduction)
+
+
+@pytest.mark.parametrize("num_peers", [9, 16])
+def test_most_peers(num_peers):
+    # K from 9 to 16 takes the sweeps' widest template.
+    case = cuda_case(num_peers, 30, 8, 257, ignored=2, weights=True, bias="peer", seed=13)
+    assert_close_to_reference(case, None, 1e-10)
+    assert_close_to_reference(case, torch.float32, 1e-5, beta=0.2, gamma=2.0)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32, torch.float16])
+def test_ignore_index_minus_one(tiling, dtype):
+    # -1 is also the arg-max sentinel of rows never swept.
+    case = cuda_case(2, 40, 8, 300, ignored=6, weights=True, bias="shared", seed=14)
+    case.target[case.target == -100] = -1
+    if dtype == torch.float16:
+        for name in ("hidden", "item_weight", "bias"):
+            setattr(case, name, getattr(case, name).to(dtype).double())
+    tol = {None: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert_close_to_reference(case, dtype, tol, ignore_index=-1)
 
 
 @pytest.mark.parametrize("bias", [None, "shared", "peer"])
@@ -122,6 +143,49 @@ def test_half_precision(dtype, tol, num_peers):
     assert_close_to_reference(case, dtype, tol, reduction="none")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("num_peers", [2, 3])
+def test_half_precision_every_option(tiling, dtype, tol, num_peers):
+    # Ignored and zero-weight rows, per-peer tables and bias, truncation, several blocks and
+    # tiles. Rows that never had a sweep carry NaN in their state: they must not reach float16's
+    # dz scale, which is shared by a block.
+    case = cuda_case(num_peers, 60, 16, 700, ignored=7, weights=True, bias="peer", per_peer=True)
+    for name in ("hidden", "item_weight", "bias"):
+        setattr(case, name, getattr(case, name).to(dtype).double())
+    for options in ({}, {"beta": 0.1}, {"reduction": "sum", "gamma": 2.0}):
+        assert_close_to_reference(case, dtype, tol, **options)
+
+
+def test_extreme_logits_match_cpu():
+    # A wrong item holding all but ~e^-30 of the mass (checked exactly on the CPU in
+    # test_loss_inputs.py), and rows of logits of spread 30: the CPU operator is the reference.
+    hidden = torch.zeros(2, 3, 2, dtype=torch.float64)
+    hidden[:, :, 0] = 1.0
+    hidden[:, 1, :] = torch.tensor([-30.0, 1.0])
+    weight = torch.tensor([[0.0, 0.0], [30.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    target = torch.tensor([0, 2, 1])
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        results = {}
+        for device in ("cpu", "cuda"):
+            h = hidden.to(device, dtype).requires_grad_()
+            w = weight.to(device, dtype).requires_grad_()
+            loss = hail_ext.med_loss(h, w, target.to(device))
+            loss.backward()
+            results[device] = [loss.detach().cpu(), h.grad.cpu(), w.grad.cpu()]
+        for got, want in zip(results["cuda"], results["cpu"], strict=True):
+            assert torch.isfinite(got).all()
+            assert rel_err(got, want) < tol
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_give_nan(bad):
+    case = cuda_case(2, 6, 4, 50, seed=15)
+    case.hidden[0, 2, 1] = bad
+    rows = hail_ext.med_loss(case.hidden, case.item_weight, case.target, reduction="none")
+    assert torch.isnan(rows[0, 2])
+    assert torch.isfinite(rows[:, [0, 1, 3, 4, 5]]).all()
+
+
 def test_cpu_and_cuda_agree():
     cpu = make_case(3, 50, 8, 333, bias="peer", weights=True, ignored=4, seed=8)
     gpu = cuda_case(3, 50, 8, 333, bias="peer", weights=True, ignored=4, seed=8)
@@ -155,6 +219,9 @@ def test_current_stream():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        # The side stream's copies of the inputs (made in loss_and_grads) finish late: a launch
+        # on another stream would read them unwritten.
+        torch.cuda._sleep(50_000_000)
         got, got_grads = loss_and_grads(hail_ext.med_loss, case, torch.float32)
     torch.cuda.current_stream().wait_stream(stream)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

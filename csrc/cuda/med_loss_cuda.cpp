@@ -37,20 +37,25 @@ constexpr int64_t kProductRows = 8192;  // rows of one float32 partial gradient 
 constexpr double kHalfDzTarget = 1024.0;
 
 // mm with a float32 result from float16/bfloat16 inputs. Should this torch lack that overload
-// on the device, fall back (once, with a warning) to a half-precision product widened after.
+// on the device, fall back (once, with a warning) to float32 products of widened copies: slower,
+// never less exact. Out-of-memory and CUDA errors are not taken for a missing overload.
 void product_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   static std::atomic<bool> out_dtype_works{true};
   if (out_dtype_works.load()) {
     try {
       at::mm_out(out, a, b, out.scalar_type());
       return;
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const c10::AcceleratorError&) {
+      throw;
     } catch (const c10::Error& error) {
       out_dtype_works.store(false);
       TORCH_WARN("hail_ext: mm with out_dtype=float32 failed (", error.what_without_backtrace(),
-                 "); computing the tile products in ", a.scalar_type(), " instead");
+                 "); widening the tile products' inputs to float32 instead");
     }
   }
-  out.copy_(at::mm(a, b));
+  at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
 }
 
 template <typename T>
@@ -341,11 +346,13 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
   }
 
   MedGrads grads;
-  at::Tensor unit_grad;
+  at::Tensor unit_grad, coef_a_all, coef_b_all;  // [K, N], each block fills its rows
   if (compute_grad) {
     grads = med.new_grads();
     // Ignored rows have weight 0, so the row weights are the weights of "mean".
     unit_grad = std::get<1>(reduce_rows(med.new_state(0), med.row_weights(), args.reduction));
+    coef_a_all = med.new_state(0);
+    if (num_peers > 1 && args.alpha < 1.0) coef_b_all = med.new_state(0);
   }
 
   med.for_each_block([&](int64_t n0, int64_t nb) {
@@ -363,9 +370,12 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
     if (compute_grad) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
       auto [coef_a, coef_b] =
-          grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA], num_peers, args.alpha);
-      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), coef_a, coef_b, ptr<T>(saved[kSRest]),
-                    ptr<T>(saved[kSAmax]), grads);
+          grad_coefs(slice(unit_grad, n0, nb), slice(med.row_weights(), n0, nb),
+                     slice(kept, n0, nb), slice(saved[kCoefA], n0, nb), num_peers, args.alpha);
+      slice(coef_a_all, n0, nb).copy_(coef_a);
+      if (coef_b.defined()) slice(coef_b_all, n0, nb).copy_(coef_b);
+      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), coef_a_all, coef_b_all,
+                    ptr<T>(saved[kSRest]), ptr<T>(saved[kSAmax]), grads);
     }
   });
 
