@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "cpu/bf16_products.h"
 #include "cpu/sweeps.h"
 
 namespace py = pybind11;
@@ -27,6 +28,7 @@ py::dict build_info() {
   if (hail_ext::cpu::sweep_table_avx2()) compiled.append("avx2");
   if (hail_ext::cpu::sweep_table_avx512()) compiled.append("avx512");
   info["cpu_isas_compiled"] = compiled;
+  info["cpu_bf16_products"] = hail_ext::cpu::Bf16Products::usable();
   return info;
 }
 

@@ -28,7 +28,8 @@ __all__ = [
 
 def build_info() -> dict:
     """How the extension was built: version, torch version, whether CUDA kernels were compiled
-    (`cuda`, `cuda_archs`) and the CPU instruction set of the sweeps in use (`cpu_isa`).
+    (`cuda`, `cuda_archs`), the CPU instruction set of the sweeps in use (`cpu_isa`) and whether
+    bfloat16 inputs reach the CPU products unconverted (`cpu_bf16_products`).
     Without a compiled extension: `{"version": ..., "compiled": False, "error": ...}`."""
     if _C is None:
         return {
@@ -36,6 +37,7 @@ def build_info() -> dict:
             "compiled": False,
             "cuda": False,
             "cpu_isa": None,
+            "cpu_bf16_products": False,
             "error": str(_IMPORT_ERROR),
         }
     return {"compiled": True, **_C.build_info()}

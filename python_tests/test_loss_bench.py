@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -134,9 +135,26 @@ def test_dtype_ab_alternates_and_records_every_call(tmp_path, capsys, monkeypatc
     assert "ratio: p20" in capsys.readouterr().out
 
 
+def test_dtype_ab_pairs_the_two_product_paths(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import dtype_ab
+
+    monkeypatch.delenv("HAIL_CPU_BF16_PRODUCTS", raising=False)
+    out = tmp_path / "ab.csv"
+    argv = ["--pair", "products", "--rounds", "1", "--point", "1", "32", "8", "100"]
+    assert dtype_ab.main([*argv, "--csv", str(out)]) == 0
+    with open(out, newline="") as handle:
+        labels = sorted(row["dtype"] for row in csv.DictReader(handle))
+    assert labels == ["bf16-f32-products"] * 2 + ["bf16-products"] * 2
+    assert "HAIL_CPU_BF16_PRODUCTS" not in os.environ  # each call's setting is undone
+    assert "ratio: p20" in capsys.readouterr().out
+
+
 def test_dtype_ab_refuses_peers_for_a_k1_provider(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import dtype_ab
 
     with pytest.raises(SystemExit):
         dtype_ab.parse_args(["--provider", "torch_ce", "--point", "2", "64", "8", "300"])
+    with pytest.raises(SystemExit):
+        dtype_ab.parse_args(["--pair", "torch_ce", "--point", "2", "64", "8", "300"])

@@ -80,6 +80,39 @@ def test_retained_graph_backward_repeats(tiling, reduction):
         total *= 0.5
 
 
+BF16_PRODUCTS = hail_ext.build_info().get("cpu_bf16_products", False)
+
+
+@pytest.mark.skipif(not BF16_PRODUCTS, reason="this CPU's micro-kernels do not take bfloat16")
+@pytest.mark.parametrize(
+    "shape", [(3, 41, 7, 333), (2, 130, 100, 1031), (1, 5, 64, 64), (2, 50, 24, 9001)]
+)
+def test_bfloat16_products(tiling, shape, monkeypatch):
+    # bfloat16 tile products (AMX): ragged item panels, odd d, a second column panel (d = 100),
+    # a table packed in several chunks (V = 9001), tiles starting on odd items ("thin"), per-peer
+    # tables and bias. Against the float64 reference, and against the float32 products, which
+    # differ only by dz's rounding.
+    case = make_case(*shape, ignored=3, weights=True, bias="peer", per_peer=True, seed=16)
+    for name in ("hidden", "item_weight", "bias"):
+        setattr(case, name, getattr(case, name).to(torch.bfloat16).double())
+    assert_close_to_reference(case, torch.bfloat16, 1e-2, beta=0.1)
+    loss, grads = loss_and_grads(hail_ext.med_loss, case, torch.bfloat16)
+    monkeypatch.setenv("HAIL_CPU_BF16_PRODUCTS", "0")
+    loss_f32, grads_f32 = loss_and_grads(hail_ext.med_loss, case, torch.bfloat16)
+    # Logits in float32 either way: the losses are at most a bfloat16 rounding apart.
+    assert rel_err(loss, loss_f32) <= 2**-8
+    for got, want in zip(grads, grads_f32, strict=True):
+        assert rel_err(got, want) < 1e-2
+
+
+def test_ignore_index_minus_one(tiling):
+    # -1 is also the arg-max sentinel of rows never swept.
+    case = make_case(2, 40, 8, 300, ignored=6, weights=True, bias="shared", seed=14)
+    case.target[case.target == -100] = -1
+    assert_close_to_reference(case, None, 1e-10, ignore_index=-1)
+    assert_close_to_reference(case, torch.float32, 1e-5, ignore_index=-1, beta=0.2)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096)])
 def test_odd_sizes(shape):
     num_rows, dim, num_items = shape

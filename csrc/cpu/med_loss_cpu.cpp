@@ -12,11 +12,14 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../med_loss.h"
 #include "../plan.h"
+#include "bf16_products.h"
 #include "sweeps.h"
 
 namespace hail_ext::cpu {
@@ -36,19 +39,27 @@ template <typename T>
 class MedCpu {
  public:
   explicit MedCpu(const MedArgs& args) : args_(args), kernels_(sweep_kernels<T>()) {
-    const auto acc = c10::CppTypeToScalarType<T>::value;
-    hidden_ = args.hidden.to(acc).contiguous();
-    weight_ = args.item_weight.to(acc).contiguous();
-    if (args.bias.has_value()) bias_ = args.bias->to(acc).contiguous();
-    num_peers_ = hidden_.size(0);
-    num_rows_ = hidden_.size(1);
-    num_items_ = weight_.size(-2);
+    // bfloat16 inputs go to the products as they are where the CPU has bfloat16 micro-kernels;
+    // otherwise every product runs in T on converted copies.
+    if constexpr (std::is_same_v<T, float>) {
+      if (args.hidden.scalar_type() == at::kBFloat16 && Bf16Products::usable()) {
+        bf16_ = std::make_unique<Bf16Products>(args.hidden, args.item_weight);
+      }
+    }
+    if (!bf16_) {
+      hidden_ = args.hidden.to(kAcc).contiguous();
+      weight_ = args.item_weight.to(kAcc).contiguous();
+    }
+    if (args.bias.has_value()) bias_ = args.bias->to(kAcc).contiguous();
+    num_peers_ = args.hidden.size(0);
+    num_rows_ = args.hidden.size(1);
+    num_items_ = args.item_weight.size(-2);
     plan_ = make_plan(kCpuPlan, num_peers_, num_rows_, num_items_, sizeof(T));
-    workspace_ = at::empty({num_peers_ * plan_.block_rows * plan_.tile_items}, hidden_.options());
-    hidden_scratch_ = at::empty({plan_.block_rows, hidden_.size(2)}, hidden_.options());
+    workspace_ = at::empty({num_peers_ * plan_.block_rows * plan_.tile_items}, opts());
+    if (!bf16_) hidden_scratch_ = at::empty({plan_.block_rows, args.hidden.size(2)}, opts());
 
     target_ = args.target.contiguous();
-    row_weight_ = at::zeros({num_rows_}, hidden_.options());
+    row_weight_ = at::zeros({num_rows_}, opts());
     valid_ = at::zeros({num_rows_}, at::kBool);
     read_rows();
   }
@@ -114,8 +125,12 @@ class MedCpu {
 
   MedGrads new_grads() const {
     MedGrads g;
-    g.hidden = at::zeros_like(hidden_);
-    g.item_weight = at::zeros_like(weight_);
+    g.hidden = at::zeros(args_.hidden.sizes(), opts());
+    if (bf16_) {
+      bf16_->zero_weight_grad();  // kept there; g.item_weight stays undefined
+    } else {
+      g.item_weight = at::zeros(args_.item_weight.sizes(), opts());
+    }
     if (bias_.defined()) g.bias = at::zeros_like(bias_);
     return g;
   }
@@ -124,18 +139,21 @@ class MedCpu {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_grads(const MedGrads& g) const {
     const auto dtype = args_.hidden.scalar_type();
     at::Tensor gb = g.bias.defined() ? g.bias.to(dtype) : at::empty({0}, args_.hidden.options());
-    return {g.hidden.to(dtype), g.item_weight.to(dtype), gb};
+    at::Tensor gw = bf16_ ? bf16_->weight_grad(dtype) : g.item_weight.to(dtype);
+    return {g.hidden.to(dtype), gw, gb};
   }
 
  private:
-  at::TensorOptions opts() const { return hidden_.options(); }
+  static constexpr auto kAcc = c10::CppTypeToScalarType<T>::value;
+
+  at::TensorOptions opts() const { return at::TensorOptions().dtype(kAcc); }
 
   void read_rows() {
     const int64_t* t = target_.data_ptr<int64_t>();
     bool* valid = valid_.data_ptr<bool>();
     T* w = row_weight_.data_ptr<T>();
     at::Tensor rw;
-    if (args_.row_weight.has_value()) rw = args_.row_weight->to(hidden_.scalar_type()).contiguous();
+    if (args_.row_weight.has_value()) rw = args_.row_weight->to(kAcc).contiguous();
 
     for (int64_t n = 0; n < num_rows_; ++n) {
       const bool ignored = t[n] == args_.ignore_index;
@@ -168,6 +186,13 @@ class MedCpu {
   void fill(int64_t n0, int64_t nb, int64_t v0, int64_t vt) {
     for (int64_t k = 0; k < num_peers_; ++k) {
       at::Tensor out = tile_view(k, nb, v0, vt);
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16_) {
+          bf16_->logits(k, n0, nb, v0, vt, out.data_ptr<float>());
+          if (bias_.defined()) out.add_((bias_.dim() == 2 ? bias_[k] : bias_).narrow(0, v0, vt));
+          continue;
+        }
+      }
       const at::Tensor h = hidden_[k].narrow(0, n0, nb);
       const at::Tensor w = weight_tile(k, v0, vt);
       if (bias_.defined()) {
@@ -187,11 +212,18 @@ class MedCpu {
   void grad_products(int64_t n0, int64_t nb, const Tile<T>& tile, MedGrads& grads) {
     for (int64_t k = 0; k < num_peers_; ++k) {
       const at::Tensor dz = tile_view(k, nb, tile.item0, tile.cols);  // [nb, cols]
+      if (bias_.defined()) bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16_) {
+          bf16_->add_grads(k, n0, nb, tile.item0, tile.cols, dz.data_ptr<float>(),
+                           grads.hidden[k].narrow(0, n0, nb).data_ptr<float>());
+          continue;
+        }
+      }
       add_hidden_grad(grads.hidden[k].narrow(0, n0, nb), dz, k, tile.item0, tile.cols);
       weight_grad(grads, k)
           .narrow(0, tile.item0, tile.cols)
           .addmm_(dz.t(), hidden_[k].narrow(0, n0, nb));
-      if (bias_.defined()) bias_grad(grads, k).narrow(0, tile.item0, tile.cols).add_(dz.sum(0));
     }
   }
 
@@ -226,6 +258,7 @@ class MedCpu {
 
   const MedArgs& args_;
   const SweepKernels<T>& kernels_;
+  std::unique_ptr<Bf16Products> bf16_;  // null: products in T on hidden_ and weight_
   at::Tensor hidden_, weight_, bias_, target_, row_weight_, valid_, workspace_, hidden_scratch_;
   int64_t num_peers_ = 0, num_rows_ = 0, num_items_ = 0;
   Plan plan_{};
@@ -286,10 +319,13 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
 
   // With the whole catalogue in one tile, each row is read from memory once for all sweeps.
   const bool one_visit = med.single_tile() && !two_phase;
-  at::Tensor row_coef_a, row_coef_b;
-  if (one_visit && compute_grad) {
-    row_coef_a = med.new_state(0);
-    if (num_peers > 1 && args.alpha < 1.0) row_coef_b = med.new_state(0);
+  at::Tensor row_coef_a, row_coef_b;  // [K, N]: written by the row pass
+  at::Tensor coef_a_all, coef_b_all;  // [K, N]: each block fills its rows before its grad pass
+  if (compute_grad) {
+    at::Tensor& a = one_visit ? row_coef_a : coef_a_all;
+    at::Tensor& b = one_visit ? row_coef_b : coef_b_all;
+    a = med.new_state(0);
+    if (num_peers > 1 && args.alpha < 1.0) b = med.new_state(0);
   }
   const RowPass<T> pass{lse_state,
                         stats,
@@ -325,8 +361,11 @@ MedForward forward_impl(const MedArgs& args, bool compute_grad) {
     if (compute_grad && !one_visit) {
       // With unit upstream gradients; the autograd backward scales them by its scalar gradient.
       auto [coef_a, coef_b] =
-          grad_coefs(unit_grad, med.row_weights(), kept, saved[kCoefA], num_peers, args.alpha);
-      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a), ptr<T>(coef_b),
+          grad_coefs(slice(unit_grad, n0, nb), slice(med.row_weights(), n0, nb),
+                     slice(kept, n0, nb), slice(saved[kCoefA], n0, nb), num_peers, args.alpha);
+      slice(coef_a_all, n0, nb).copy_(coef_a);
+      if (coef_b.defined()) slice(coef_b_all, n0, nb).copy_(coef_b);
+      med.grad_pass(n0, nb, stats, kept.data_ptr<bool>(), ptr<T>(coef_a_all), ptr<T>(coef_b_all),
                     ptr<T>(saved[kSRest]), ptr<T>(saved[kSAmax]), grads);
     }
   });
