@@ -102,49 +102,44 @@ Bf16Products::Bf16Products(const at::Tensor& hidden, const at::Tensor& item_weig
 
   // Items as columns: W^T cut into [dim_even_, 64] panels, zero-padded. Packed in chunks of
   // items, so that no whole transposed copy of the table is ever held.
-  const int64_t tables = weight_.size(0);
-  const int64_t chunk_panels = kPackItems / kPanel;
-  logit_panels_ = at::empty({tables, item_panels_, dim_even_ * kPanel}, opts);
-  for (int64_t t = 0; t < tables; ++t) {
-    const at::Tensor w = weight_[t];
-    bf16* dst = logit_panels_[t].data_ptr<bf16>();
-    const int64_t chunks = (item_panels_ + chunk_panels - 1) / chunk_panels;
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t p0 = c * chunk_panels, panels = std::min(chunk_panels, item_panels_ - p0);
-        const int64_t i0 = p0 * kPanel, items = std::min(panels * kPanel, num_items_ - i0);
-        at::Tensor wt = at::zeros({dim_even_, panels * kPanel}, opts);
-        wt.narrow(0, 0, dim_).narrow(1, 0, items).copy_(w.narrow(0, i0, items).t());
-        for (int64_t p = 0; p < panels; ++p) {
-          blas::pack(dim_even_, kPanel, panels * kPanel, kPanel, at::kBFloat16, at::kBFloat16,
-                     wt.data_ptr<bf16>() + p * kPanel, dst + (p0 + p) * dim_even_ * kPanel);
-        }
-      }
-    });
-  }
+  logit_panels_ = at::empty({weight_.size(0), item_panels_, dim_even_ * kPanel}, opts);
+  for_each_chunk(item_panels_ * kPanel, [&](int64_t t, int64_t i0, int64_t span) {
+    const int64_t items = std::min(span, num_items_ - i0);
+    at::Tensor wt = at::zeros({dim_even_, span}, opts);
+    wt.narrow(0, 0, dim_).narrow(1, 0, items).copy_(weight_[t].narrow(0, i0, items).t());
+    bf16* dst = logit_panels_[t].data_ptr<bf16>() + i0 * dim_even_;
+    for (int64_t p = 0; p * kPanel < span; ++p) {
+      blas::pack(dim_even_, kPanel, span, kPanel, at::kBFloat16, at::kBFloat16,
+                 wt.data_ptr<bf16>() + p * kPanel, dst + p * dim_even_ * kPanel);
+    }
+  });
 }
 
 // Items as the reduced dimension: W zero-padded to [items_even_, dim_padded_], cut into panels
 // of 64 columns, panel j at j * items_even_ * 64, packed in chunks of items (rows in pairs, so
 // a chunk starting on an even item starts at i0 * width in its panel). Only the backward needs it.
 void Bf16Products::pack_for_hidden_grad() {
-  const int64_t tables = weight_.size(0);
-  weight_panels_ = at::empty({tables, items_even_ * dim_padded_}, hidden_.options());
-  for (int64_t t = 0; t < tables; ++t) {
-    const at::Tensor src = weight_[t];
+  weight_panels_ = at::empty({weight_.size(0), items_even_ * dim_padded_}, hidden_.options());
+  for_each_chunk(items_even_, [&](int64_t t, int64_t i0, int64_t span) {
+    const int64_t items = std::min(span, num_items_ - i0);
+    at::Tensor w = at::zeros({span, dim_padded_}, hidden_.options());
+    w.narrow(0, 0, items).narrow(1, 0, dim_).copy_(weight_[t].narrow(0, i0, items));
     bf16* dst = weight_panels_[t].data_ptr<bf16>();
-    const int64_t chunks = (items_even_ + kPackItems - 1) / kPackItems;
+    for (int64_t j = 0; j * kPanel < dim_padded_; ++j) {
+      const int64_t width = panel_width(dim_padded_, j);
+      blas::pack(span, width, dim_padded_, width, at::kBFloat16, at::kBFloat16,
+                 w.data_ptr<bf16>() + j * kPanel, dst + j * items_even_ * kPanel + i0 * width);
+    }
+  });
+}
+
+template <typename Fn>
+void Bf16Products::for_each_chunk(int64_t total, Fn&& fn) const {
+  const int64_t chunks = (total + kPackItems - 1) / kPackItems;
+  for (int64_t t = 0; t < weight_.size(0); ++t) {
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        const int64_t i0 = c * kPackItems, items = std::min(kPackItems, items_even_ - i0);
-        const int64_t real = std::min(items, num_items_ - i0);
-        at::Tensor w = at::zeros({items, dim_padded_}, hidden_.options());
-        w.narrow(0, 0, real).narrow(1, 0, dim_).copy_(src.narrow(0, i0, real));
-        for (int64_t j = 0; j * kPanel < dim_padded_; ++j) {
-          const int64_t width = panel_width(dim_padded_, j);
-          blas::pack(items, width, dim_padded_, width, at::kBFloat16, at::kBFloat16,
-                     w.data_ptr<bf16>() + j * kPanel, dst + j * items_even_ * kPanel + i0 * width);
-        }
+        fn(t, c * kPackItems, std::min(kPackItems, total - c * kPackItems));
       }
     });
   }

@@ -46,6 +46,10 @@ class Bf16Products {
  private:
   int64_t table(int64_t k) const { return per_peer_ ? k : 0; }
   void pack_for_hidden_grad();
+  // fn(t, i0, span) for each table t and chunk [i0, i0 + span) of `total` items (chunks of
+  // kPackItems, in parallel).
+  template <typename Fn>
+  void for_each_chunk(int64_t total, Fn&& fn) const;
   const at::BFloat16* hidden_transposed(int64_t k, int64_t n0, int64_t nb);
 
   struct Transposed {
