@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA kernels in one go, for a session with an H200 (about 10 minutes):
 # build the extension from source with the machine's python3 (torch, nvcc, scikit-build-core and
-# pybind11 already there), run python_tests/test_cuda.py against that build, then the loss
+# pybind11 already there), run the GPU tests (`pytest -m cuda`) against that build, then the loss
 # benchmark's GPU preset (forward + backward, K = 1 and K = 2, every provider checked against
 # float64 first).
 #
@@ -40,10 +40,11 @@ assert torch.cuda.is_available(), "torch sees no GPU"
 PY
 echo "gpu_check: built in $((SECONDS - start)) s"
 
-# 2. The GPU tests; a skipped test here means something is missing, so show the reasons.
+# 2. The GPU tests (every test marked `cuda`: test_cuda.py and the oracle tests' GPU half); a
+#    skipped test here means something is missing, so show the reasons.
 set +e
-"$python" -m pytest -q -rs -p no:cacheprovider -c "$root/pyproject.toml" --rootdir "$root" \
-  "$root/python_tests/test_cuda.py" 2>&1 | tee "$out/test_cuda.log"
+"$python" -m pytest -q -rs -m cuda -p no:cacheprovider -c "$root/pyproject.toml" \
+  --rootdir "$root" "$root/python_tests" 2>&1 | tee "$out/test_cuda.log"
 tests=${PIPESTATUS[0]}
 set -e
 echo "gpu_check: tests exited $tests after $((SECONDS - start)) s"

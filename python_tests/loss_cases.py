@@ -43,8 +43,10 @@ def make_case(
     scale=1.0,
     seed=0,
     dtype=torch.float64,
+    device="cpu",
 ) -> Case:
-    """Random inputs; logits of spread `scale`. bias in (None, "shared", "peer")."""
+    """Random inputs; logits of spread `scale`. bias in (None, "shared", "peer"). Drawn on the
+    CPU, then moved to `device`, so that every device sees the same numbers."""
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(num_peers, num_rows, dim, generator=gen, dtype=dtype) * scale
     shape = (num_peers, num_items, dim) if per_peer else (num_items, dim)
@@ -61,7 +63,12 @@ def make_case(
     if weights:
         row_weight = torch.rand(num_rows, generator=gen, dtype=dtype) * 2
         row_weight[::5] = 0.0
-    return Case(hidden, item_weight, target, bias_t, row_weight)
+    case = Case(hidden, item_weight, target, bias_t, row_weight)
+    for name in ("hidden", "item_weight", "target", "bias", "row_weight"):
+        value = getattr(case, name)
+        if value is not None:
+            setattr(case, name, value.to(device))
+    return case
 
 
 def loss_and_grads(fn, case: Case, dtype=None, upstream=None, **options):

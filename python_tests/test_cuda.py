@@ -1,11 +1,12 @@
-"""The CUDA kernels against the float64 reference, for every option and tiling path.
+"""What only the CUDA kernels need checked: the widest templates, half precision with every
+option, agreement with the CPU, streams, device-side input checks, opcheck, compile, memory.
 
-Skipped without a CUDA device or without compiled CUDA kernels (`build_info()["cuda"]`). The
-reference runs in float64 on the same device with plain torch ops, so it shares no code with the
-kernels; tolerances are those of docs/SPEC.md.
+The float64-oracle tests of every option and tiling run on the GPU from test_loss_oracle.py
+(its `device` fixture; `pytest -m cuda` runs both). Skipped without a CUDA device or without
+compiled CUDA kernels (`build_info()["cuda"]`). The reference runs in float64 on the same device
+with plain torch ops, so it shares no code with the kernels; tolerances are those of
+docs/SPEC.md.
 """
-
-import dataclasses
 
 import pytest
 import torch
@@ -27,51 +28,10 @@ pytestmark = [
     pytest.mark.skipif(not HAS_KERNELS, reason="hail_ext was built without CUDA kernels"),
 ]
 
-# (rows per block, items per tile): one tile per block; several blocks and tiles with ragged
-# ends; one row and a few items at a time.
-TILINGS = [None, "16,64", "1,7"]
-
-
-@pytest.fixture(params=TILINGS, ids=["auto", "tiled", "thin"])
-def tiling(request, monkeypatch):
-    if request.param is not None:
-        monkeypatch.setenv("HAIL_TILE_SHAPE", request.param)
-    return request.param
-
 
 def cuda_case(*args, **kwargs):
     """make_case on the GPU (the random draws stay those of the CPU tests)."""
-    case = make_case(*args, **kwargs)
-    for field in dataclasses.fields(case):
-        value = getattr(case, field.name)
-        if value is not None:
-            setattr(case, field.name, value.cuda())
-    return case
-
-
-@pytest.mark.parametrize("num_peers", [1, 2, 3, 4])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_peers_and_reductions(tiling, num_peers, reduction):
-    case = cuda_case(num_peers, ignored=3, bias="shared")
-    assert_close_to_reference(case, None, 1e-10, reduction=reduction)
-    assert_close_to_reference(case, torch.float32, 1e-5, reduction=reduction)
-
-
-@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
-@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_alpha_gamma(tiling, alpha, gamma):
-    case = cuda_case(3, seed=1)
-    assert_close_to_reference(case, None, 1e-10, alpha=alpha, gamma=gamma)
-    assert_close_to_reference(case, torch.float32, 1e-5, alpha=alpha, gamma=gamma)
-
-
-@pytest.mark.parametrize("beta", [0.05, 0.2, 0.5, 0.9])
-@pytest.mark.parametrize("num_peers", [1, 2, 3])
-def test_truncation(tiling, beta, num_peers):
-    case = cuda_case(num_peers, num_rows=41, ignored=4, weights=True, seed=2)
-    for reduction in ("mean", "none"):
-        assert_close_to_reference(case, None, 1e-10, beta=beta, reduction=reduction)
-        assert_close_to_reference(case, torch.float32, 1e-5, beta=beta, reduction=reduction)
+    return make_case(*args, device="cuda", **kwargs)
 
 
 @pytest.mark.parametrize("num_peers", [9, 16])
@@ -82,71 +42,11 @@ def test_most_peers(num_peers):
     assert_close_to_reference(case, torch.float32, 1e-5, beta=0.2, gamma=2.0)
 
 
-@pytest.mark.parametrize("dtype", [None, torch.float32, torch.float16])
-def test_ignore_index_minus_one(tiling, dtype):
-    # -1 is also the arg-max sentinel of rows never swept.
-    case = cuda_case(2, 40, 8, 300, ignored=6, weights=True, bias="shared", seed=14)
-    case.target[case.target == -100] = -1
-    if dtype == torch.float16:
-        for name in ("hidden", "item_weight", "bias"):
-            setattr(case, name, getattr(case, name).to(dtype).double())
-    tol = {None: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
-    assert_close_to_reference(case, dtype, tol, ignore_index=-1)
-
-
-@pytest.mark.parametrize("bias", [None, "shared", "peer"])
-@pytest.mark.parametrize("per_peer", [False, True])
-def test_tables_and_bias(tiling, bias, per_peer):
-    case = cuda_case(2, bias=bias, per_peer=per_peer, weights=True, seed=3)
-    assert_close_to_reference(case, None, 1e-10)
-    assert_close_to_reference(case, torch.float32, 1e-5)
-
-
-def test_non_unit_upstream_gradient(tiling):
-    case = cuda_case(3, ignored=2, weights=True, bias="peer", seed=4)
-    gen = torch.Generator().manual_seed(0)
-    upstream = torch.randn(3, 37, generator=gen, dtype=torch.float64).cuda()
-    assert_close_to_reference(case, None, 1e-10, upstream=upstream, reduction="none")
-    for reduction in ("mean", "sum"):
-        assert_close_to_reference(
-            case, None, 1e-10, upstream=torch.tensor(-2.5, device="cuda"), reduction=reduction
-        )
-
-
-@pytest.mark.parametrize(
-    "shape", [(1, 1, 1), (5, 3, 1), (130, 7, 1031), (64, 64, 4096), (1000, 48, 50_021)]
-)
-def test_odd_sizes(shape):
-    num_rows, dim, num_items = shape
-    case = cuda_case(2, num_rows, dim, num_items, ignored=num_rows // 4, seed=5)
-    assert_close_to_reference(case, torch.float32, 1e-5)
-
-
 def test_many_peers_and_blocks(monkeypatch):
     # A 1 MB workspace makes the automatic plan tile the items of several row blocks.
     monkeypatch.setenv("HAIL_WORKSPACE_MB", "1")
     case = cuda_case(5, 700, 24, 9_001, bias="peer", per_peer=True, weights=True, ignored=20)
     assert_close_to_reference(case, torch.float32, 1e-5, gamma=1.5, beta=0.1)
-
-
-@pytest.mark.parametrize("scale", [3.0, 10.0])
-def test_peaked_distributions(tiling, scale):
-    # Large logits: most rows put almost all mass on one item, often a wrong one.
-    case = cuda_case(2, scale=scale, seed=6)
-    assert_close_to_reference(case, None, 1e-9)
-    assert_close_to_reference(case, torch.float32, 1e-5 * scale)
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
-@pytest.mark.parametrize("num_peers", [1, 2])
-def test_half_precision(dtype, tol, num_peers):
-    # Inputs rounded to the half type first, so the error measured is the loss's own: float32
-    # logits and sums, and dz rounded to the half type for the gradient products.
-    case = cuda_case(num_peers, 300, 64, 5_000, ignored=5, bias="shared", seed=7)
-    for name in ("hidden", "item_weight", "bias"):
-        setattr(case, name, getattr(case, name).to(dtype).double())
-    assert_close_to_reference(case, dtype, tol)
-    assert_close_to_reference(case, dtype, tol, reduction="none")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
