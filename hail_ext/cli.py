@@ -51,12 +51,10 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from hail_ext.data import leave_one_out
     from hail_ext.eval import build_eval_set
     from hail_ext.eval import evaluate as run_evaluation
-    from hail_ext.train import checkpoint
+    from hail_ext.train import checkpoint, distributed
     from hail_ext.train.config import TrainConfig
     from hail_ext.train.trainer import build_model, load_data
 
@@ -70,7 +68,7 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     model = build_model(config, interactions.num_items)
     model.load_state_dict(saved["model"])
-    device = torch.device(args.device or "cpu")
+    device = distributed.available(args.device or "cpu")
     model.to(device)
     split = leave_one_out(interactions)
     keep = config.keep_history if args.keep_history is None else args.keep_history

@@ -10,7 +10,7 @@ import hail_ext
 from hail_ext.train import checkpoint
 from hail_ext.train.config import TrainConfig, read_config_file
 from hail_ext.train.schedules import alpha_at, lr_factor
-from hail_ext.train.trainer import Trainer
+from hail_ext.train.trainer import Trainer, load_data
 
 
 def _fit(tmp_path, name="run", resume=False, stop=None, loss_fn=None, **overrides):
@@ -216,11 +216,32 @@ def test_schedules():
         ({"beta": 1.0}, "beta must lie"),
         ({"dim": 10, "heads": 4}, "multiple of heads"),
         ({"alpha_schedule": "step"}, "alpha_sch"),
+        ({"lr": float("nan")}, r"lr must lie in \(0.0, inf\), got nan"),
+        ({"gamma": 0.0}, r"gamma must lie in \(0.0, inf\), got 0.0"),
+        ({"clip_norm": float("inf")}, r"clip_norm must lie in \[0.0, inf\), got inf"),
+        ({"weight_decay": -0.1}, "weight_decay must lie"),
+        ({"device": "gpu"}, "device must name a torch device .* got 'gpu'"),
     ],
 )
 def test_config_rejects_bad_settings(settings, words):
     with pytest.raises(ValueError, match=words):
         TrainConfig(**settings)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_training_on_a_missing_gpu_says_so(tmp_path):
+    trainer = Trainer(TrainConfig(device="cuda", epochs=1), tmp_path)
+    with pytest.raises(
+        ValueError, match="device 'cuda': this torch .* (was built without CUDA|sees no GPU)"
+    ):
+        trainer.fit()
+
+
+def test_unknown_data_names_the_built_in_sets():
+    with pytest.raises(
+        FileNotFoundError, match=r"data 'nyc61': no such file, nor a built-in \(nyc16"
+    ):
+        load_data(TrainConfig(data="nyc61"))
 
 
 def test_config_files(tmp_path):

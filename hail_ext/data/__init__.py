@@ -24,5 +24,8 @@ def load(source: str, fmt: str | None = None, k_core: int = 0, **csv_columns) ->
 
     if source in datasets.names() and not Path(source).exists():
         return build(datasets.pairs(source), k_core=k_core, name=source)
+    if not Path(source).exists():
+        built_in = ", ".join(datasets.names())
+        raise FileNotFoundError(f"data {source!r}: no such file, nor a built-in ({built_in})")
     pairs = read_interactions(source, fmt, **csv_columns)
     return build(pairs, k_core=k_core, name=Path(source).name)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from hail_ext.models.peers import ENCODERS
@@ -80,11 +82,17 @@ class TrainConfig:
         _in_range("alpha_warmup", self.alpha_warmup, 0.0, 1.0)
         _in_range("alpha", self.alpha, 0.0, 1.0)
         _in_range("beta", self.beta, 0.0, 1.0, upper_open=True)
-        if self.lr <= 0 or self.gamma <= 0 or self.clip_norm < 0 or self.weight_decay < 0:
+        _in_range("lr", self.lr, 0.0, math.inf, lower_open=True, upper_open=True)
+        _in_range("gamma", self.gamma, 0.0, math.inf, lower_open=True, upper_open=True)
+        _in_range("clip_norm", self.clip_norm, 0.0, math.inf, upper_open=True)
+        _in_range("weight_decay", self.weight_decay, 0.0, math.inf, upper_open=True)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
             raise ValueError(
-                f"need lr > 0, gamma > 0, clip_norm >= 0, weight_decay >= 0; got "
-                f"{self.lr}, {self.gamma}, {self.clip_norm}, {self.weight_decay}"
-            )
+                f"device must name a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                f"got {self.device!r}"
+            ) from None
         if self.k_core < 0 or self.patience < 0:
             raise ValueError(
                 f"k_core and patience must be >= 0, got {self.k_core}, {self.patience}"

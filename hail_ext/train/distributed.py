@@ -13,8 +13,8 @@ def setup(device: str) -> tuple:
     launched several processes and none is running yet."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, torch.device(device)
-    kind = torch.device(device).type
+        return 0, 1, available(device)
+    kind = available(device).type
     if kind == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -22,6 +22,23 @@ def setup(device: str) -> tuple:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), torch.device(device)
+
+
+def available(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a ValueError saying why this machine cannot train on it
+    (torch's own error for a missing GPU is an assertion deep in a later call)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        built = "was built without CUDA" if torch.version.cuda is None else "sees no GPU"
+        raise ValueError(f"device {str(device)!r}: this torch ({torch.__version__}) {built}")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"device {str(device)!r}: this machine has {count} GPU(s), 0 to {count - 1}"
+        )
+    return device
 
 
 def teardown() -> None:
