@@ -97,6 +97,39 @@ def test_bfloat16_products(tiling, shape, monkeypatch):
         assert rel_err(got, want) < 1e-2
 
 
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return {f for line in info if line.startswith("flags") for f in line.split()[2:]}
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif("amx_bf16" not in _cpu_flags(), reason="this CPU has no AMX")
+def test_bfloat16_products_on_where_the_cpu_has_amx():
+    # usable() checks libtorch's packing against its own; a check gone wrong would quietly turn
+    # the bfloat16 products off (and test_bfloat16_products would skip), so say it here.
+    assert BF16_PRODUCTS
+
+
+def test_bfloat16_without_mkldnn():
+    # torch.backends.mkldnn off takes libtorch's micro-kernels away mid-process: the loss must
+    # fall back to float32 products, whatever an earlier call found.
+    case = make_case(2, 30, 16, 200, ignored=2, seed=17)
+    for name in ("hidden", "item_weight"):
+        setattr(case, name, getattr(case, name).to(torch.bfloat16).double())
+    loss_on, grads_on = loss_and_grads(hail_ext.med_loss, case, torch.bfloat16)
+    was_enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # (mkldnn.flags() also sets TF32, which warns)
+    try:
+        loss_off, grads_off = loss_and_grads(hail_ext.med_loss, case, torch.bfloat16)
+    finally:
+        torch.backends.mkldnn.enabled = was_enabled
+    assert rel_err(loss_off, loss_on) <= 2**-8
+    for got, want in zip(grads_off, grads_on, strict=True):
+        assert rel_err(got, want) < 1e-2
+
+
 @pytest.mark.parametrize("dtype", [None, torch.float32, torch.float16])
 def test_ignore_index_minus_one(device, tiling, dtype):
     # -1 is also the arg-max sentinel of rows never swept.

@@ -45,40 +45,55 @@ void product(int64_t m, int64_t n, int64_t kdim, const bf16* a, int64_t lda, con
 #endif
 }
 
-// The micro-kernel's layout of a packed b [kdim, 64] (row stride ldb, kdim even): rows in
-// pairs, each pair's two values of a column side by side, [kdim / 2][64][2]. Written here for
+// The micro-kernel's layout of a packed b [kdim, width] (row stride ldb, kdim even): rows in
+// pairs, each pair's two values of a column side by side, [kdim / 2][width][2]. Written here for
 // the per-tile dz, which is packed once per use; usable() checks it against blas::pack.
-void pack_pairs(int64_t kdim, const bf16* b, int64_t ldb, bf16* out) {
+void pack_pairs(int64_t kdim, int64_t width, const bf16* b, int64_t ldb, bf16* out) {
   const auto* src = reinterpret_cast<const uint16_t*>(b);
   auto* dst = reinterpret_cast<uint16_t*>(out);
   for (int64_t r = 0; r < kdim; r += 2) {
     const uint16_t* row0 = src + r * ldb;
     const uint16_t* row1 = row0 + ldb;
-    uint16_t* pair = dst + r * kPanel;
-    for (int64_t c = 0; c < kPanel; ++c) {
+    uint16_t* pair = dst + r * width;
+    for (int64_t c = 0; c < width; ++c) {
       pair[2 * c] = row0[c];
       pair[2 * c + 1] = row1[c];
     }
   }
 }
 
+// blas::pack against pack_pairs in every way this file calls it: panels of 64, 48 and 16
+// columns cut from a source whose rows are longer than the panel (some oneDNN versions step
+// source rows by the panel width, not by the row stride). Values below 256 are exact in bfloat16.
 bool pack_pairs_matches() {
-  constexpr int64_t kRows = 6;
-  at::Tensor b = at::arange(kRows * kPanel, at::kFloat).to(at::kBFloat16).view({kRows, kPanel});
-  at::Tensor theirs = at::zeros({kRows * kPanel}, b.options()), ours = at::zeros_like(theirs);
-  blas::pack(kRows, kPanel, kPanel, kPanel, at::kBFloat16, at::kBFloat16, b.data_ptr(),
-             theirs.data_ptr());
-  pack_pairs(kRows, b.data_ptr<bf16>(), kPanel, ours.data_ptr<bf16>());
-  return at::equal(theirs, ours);
+  constexpr int64_t kRows = 6, kStride = 2 * kPanel;
+  at::Tensor b = at::arange(kRows * kStride, at::kFloat).remainder(251).to(at::kBFloat16);
+  const bf16* src = b.data_ptr<bf16>();
+  constexpr int64_t kPanels[][2] = {{64, 64}, {48, 16}, {16, 32}};  // (width, first column)
+  for (const auto& panel : kPanels) {
+    const int64_t width = panel[0], column = panel[1];
+    at::Tensor theirs = at::zeros({kRows * width}, b.options()), ours = at::zeros_like(theirs);
+    blas::pack(kRows, width, kStride, width, at::kBFloat16, at::kBFloat16, src + column,
+               theirs.data_ptr());
+    pack_pairs(kRows, width, src + column, kStride, ours.data_ptr<bf16>());
+    if (!at::equal(theirs, ours)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace
 
-bool Bf16Products::usable() {
-  static const bool can =
-      kCompiled && at::native::cpublas::could_pack(at::kBFloat16) && pack_pairs_matches();
+bool Bf16Products::usable(int64_t dim) {
+  // could_pack also follows torch.backends.mkldnn's switch, so it is asked on every call; the
+  // layout check needs it and runs once.
+  if (!kCompiled || dim < 1 || !at::native::cpublas::could_pack(at::kBFloat16)) {
+    return false;
+  }
+  static const bool layout_matches = pack_pairs_matches();
   const char* env = std::getenv("HAIL_CPU_BF16_PRODUCTS");
-  return can && !(env != nullptr && std::string(env) == "0");
+  return layout_matches && !(env != nullptr && std::string(env) == "0");
 }
 
 Bf16Products::Bf16Products(const at::Tensor& hidden, const at::Tensor& item_weight) {
@@ -243,7 +258,7 @@ void Bf16Products::add_grads(int64_t k, int64_t n0, int64_t nb, int64_t v0, int6
   at::parallel_for(0, cols / kPanel, 1, [&](int64_t p0, int64_t p1) {
     std::vector<bf16> packed(rows * kPanel);
     for (int64_t p = p0; p < p1; ++p) {
-      pack_pairs(rows, a + p * kPanel, cols, packed.data());
+      pack_pairs(rows, kPanel, a + p * kPanel, cols, packed.data());
       product(dim_, kPanel, rows, ht, rows, packed.data(), blocks + p * dim_ * kPanel, kPanel,
               true);
     }

@@ -22,9 +22,9 @@ namespace hail_ext::cpu {
 
 class Bf16Products {
  public:
-  // True when the micro-kernels take bfloat16 on this CPU and the environment variable
-  // HAIL_CPU_BF16_PRODUCTS is not "0".
-  static bool usable();
+  // True when the micro-kernels take bfloat16 on this CPU (and torch.backends.mkldnn is on),
+  // hidden has dim >= 1 columns and the environment variable HAIL_CPU_BF16_PRODUCTS is not "0".
+  static bool usable(int64_t dim = 1);
 
   // hidden [K, N, d]; item_weight [V, d] (shared) or [K, V, d] (per peer); both bfloat16.
   Bf16Products(const at::Tensor& hidden, const at::Tensor& item_weight);

@@ -42,7 +42,7 @@ class MedCpu {
     // bfloat16 inputs go to the products as they are where the CPU has bfloat16 micro-kernels;
     // otherwise every product runs in T on converted copies.
     if constexpr (std::is_same_v<T, float>) {
-      if (args.hidden.scalar_type() == at::kBFloat16 && Bf16Products::usable()) {
+      if (args.hidden.scalar_type() == at::kBFloat16 && Bf16Products::usable(args.hidden.size(2))) {
         bf16_ = std::make_unique<Bf16Products>(args.hidden, args.item_weight);
       }
     }
