@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -64,10 +65,10 @@ def make_case(
         row_weight = torch.rand(num_rows, generator=gen, dtype=dtype) * 2
         row_weight[::5] = 0.0
     case = Case(hidden, item_weight, target, bias_t, row_weight)
-    for name in ("hidden", "item_weight", "target", "bias", "row_weight"):
-        value = getattr(case, name)
+    for field in dataclasses.fields(case):
+        value = getattr(case, field.name)
         if value is not None:
-            setattr(case, name, value.to(device))
+            setattr(case, field.name, value.to(device))
     return case
 
 

@@ -22,9 +22,9 @@ def load(source: str, fmt: str | None = None, k_core: int = 0, **csv_columns) ->
 
     from hail_ext import datasets
 
-    if source in datasets.names() and not Path(source).exists():
-        return build(datasets.pairs(source), k_core=k_core, name=source)
     if not Path(source).exists():
+        if source in datasets.names():
+            return build(datasets.pairs(source), k_core=k_core, name=source)
         built_in = ", ".join(datasets.names())
         raise FileNotFoundError(f"data {source!r}: no such file, nor a built-in ({built_in})")
     pairs = read_interactions(source, fmt, **csv_columns)

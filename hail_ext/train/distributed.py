@@ -12,16 +12,16 @@ def setup(device: str) -> tuple:
     """(rank, world size, device) of this process; starts the process group when `torchrun`
     launched several processes and none is running yet."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = available(device)
     if world <= 1:
-        return 0, 1, available(device)
-    kind = available(device).type
-    if kind == "cuda":
+        return 0, 1, device
+    if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        device = torch.device("cuda", local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), torch.device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def available(device: str | torch.device) -> torch.device:
